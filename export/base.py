@@ -1,0 +1,86 @@
+"""The exporter contract. One subclass per target (``export/<target>.py``), one registry line.
+
+An exporter turns one wrapped component (a ``torch.nn.Module`` honouring its ``ComponentSpec``) into an
+artifact inside the bundle's temporary directory and says which files it wrote. It never special-cases a
+model: what differs between components is in the spec, what differs between targets is in the exporter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ..bundle import ComponentEntry
+from ..errors import BackendUnavailable, InvalidInput
+from ..spec import ComponentSpec
+
+
+@dataclass
+class Artifact:
+    """What an exporter wrote for one component (paths relative to the bundle root)."""
+
+    path: str
+    files: list[str]
+    precision: str
+    options: dict = field(default_factory=dict)
+
+    def entry(self, target: str, spec: ComponentSpec) -> ComponentEntry:
+        return ComponentEntry(target=target, precision=self.precision, path=self.path, files=self.files,
+                              options=self.options, **spec.io_dict())
+
+
+class Exporter(ABC):
+    target: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    default_precision: ClassVar[str]
+    backend: ClassVar[str]  # the runtime backend that runs this target's artifacts (used by the parity gate)
+    packages: ClassVar[tuple[str, ...]] = ()  # importable modules the exporter needs
+    extra: ClassVar[str] = ""  # the pip extra that installs them
+
+    def __init__(self, precision: str | None = None, **options):
+        precision = precision or self.default_precision
+        if precision not in self.precisions:
+            raise InvalidInput(f"target {self.target} does not support precision {precision!r}; "
+                               f"choose one of {', '.join(self.precisions)}")
+        self.precision = precision
+        self.options = options
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"cannot export to {self.target}: {reason}")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        missing = [m for m in cls.packages if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"needs {', '.join(missing)}: pip install 'flash-edge[{cls.extra or cls.target}]'"
+        return None
+
+    def tool_versions(self) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for m in self.packages:
+            try:
+                out[m] = version(m)
+            except PackageNotFoundError:
+                pass
+        return out
+
+    @abstractmethod
+    def parity_floor_db(self, component: str, precision: str) -> float:
+        """Minimum PSNR (dB) against the fp32 PyTorch reference for this component's artifact (and, with
+        component ``"image"``, for the whole pipeline's image)."""
+
+    @abstractmethod
+    def export_component(self, name: str, module, spec: ComponentSpec, root: Path) -> Artifact:
+        """Write ``name``'s artifact under ``root`` (the bundle's temporary directory)."""
+
+    def candidate_pipeline(self, bundle_dir: Path):
+        """The pipeline the parity gate compares with the reference: by default the bundle run through
+        this target's own backend. Targets whose runtime cannot run here may override it."""
+        from ..pipeline import FlashPipeline
+
+        return FlashPipeline.from_bundle(bundle_dir, backend=self.backend, verify=False)

@@ -1,0 +1,96 @@
+"""``export_bundle``: model -> specs -> one artifact per component -> parity gate -> atomic bundle."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+from ..bundle import atomic_directory, check_output_path, write_manifest
+from ..errors import ExportError
+from .parity import run_gate
+
+Progress = Callable[[str], None]
+
+
+def _versions(names) -> dict[str, str]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_tokenizers(model, spec, root: Path) -> None:
+    for comp, tok_spec in spec.tokenizers.items():
+        dest = root / tok_spec.path
+        model.tokenizer(comp).save_pretrained(str(dest))
+        src = model.tokenizer_dirs[comp]
+        for name in ("vocab.json", "merges.txt", "spiece.model"):  # what Swift/Kotlin tokenizers read
+            if (src / name).is_file() and not (dest / name).exists():
+                shutil.copyfile(src / name, dest / name)
+        if not (dest / "tokenizer.json").is_file():
+            raise ExportError(f"the tokenizer of {src} could not be saved as tokenizer.json (the runtime needs it)")
+        for junk in ("chat_template.jinja",):
+            (dest / junk).unlink(missing_ok=True)
+
+
+def export_bundle(source: str | Path, target: str, out: str | Path, precision: str | None = None, *,
+                  height: int | None = None, width: int | None = None, steps: int = 4, rule: str = "euler",
+                  sigmas=None, t5: bool = False, t5_tokens: int = 256, force: bool = False,
+                  skip_parity: bool = False, progress: Progress | None = None, **target_options) -> Path:
+    """Export ``source`` (``"tiny"`` or a diffusers folder) to a ``target`` bundle at ``out``."""
+    from ..components import build_wrappers
+    from ..models import load_model
+    from ..models.generation import generation_spec
+    from ..pipeline import FlashPipeline
+    from ..runtimes.torch import reference_sessions
+    from ..tokenization import PromptTokenizer
+    from . import get_exporter
+
+    say = progress or (lambda msg: None)
+    exporter = get_exporter(target, precision, **target_options)  # bad target/precision fail before any work
+    out = check_output_path(out, force)
+    say(f"loading model {source}")
+    model = load_model(source, t5=t5)
+    spec = generation_spec(model, height, width, steps=steps, rule=rule, sigmas=sigmas,
+                           t5_tokens=0 if t5_tokens == 0 else t5_tokens)
+    specs = spec.component_specs()
+    wrappers = build_wrappers(model, spec.components)
+    with atomic_directory(out, force) as tmp:
+        _write_tokenizers(model, spec, tmp)
+        entries = {}
+        for i, name in enumerate(spec.components, 1):
+            say(f"[{i}/{len(specs)}] {name}: exporting to {target} {exporter.precision}")
+            artifact = exporter.export_component(name, wrappers[name], specs[name], tmp)
+            entries[name] = artifact.entry(target, specs[name])
+        provenance = {
+            "model": {"name": model.name, "source": str(model.path),
+                      "transformer": dict(model.transformer.config),
+                      "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in model.modules().items()}},
+            "target": target, "precision": exporter.precision,
+            "tools": {**_versions(["torch", "diffusers", "transformers", "numpy", "tokenizers"]),
+                      **exporter.tool_versions(), "python": platform.python_version()},
+        }
+        write_manifest(tmp, spec, entries, hash_files=False, **provenance)
+        warnings = []
+        if skip_parity:
+            parity = {"status": "skipped"}
+            warnings.append("PARITY GATE SKIPPED (--skip-parity): this bundle was not checked against the "
+                            "PyTorch reference and may produce wrong images")
+        else:
+            say("parity gate: comparing with the PyTorch reference")
+            tokenizers = {c: PromptTokenizer(model.tokenizer(c).backend_tokenizer, t.max_length, t.pad_id)
+                          for c, t in spec.tokenizers.items()}
+            reference = FlashPipeline(spec, reference_sessions(wrappers, specs), tokenizers)
+            parity = run_gate(exporter, reference, tmp, specs)
+            if parity["status"] == "not run":
+                warnings.append(f"parity gate not run here: {parity['reason']}")
+        say("writing manifest (hashing files)")
+        write_manifest(tmp, spec, entries, **provenance, parity=parity, warnings=warnings)
+    say(f"wrote {out}")
+    return out

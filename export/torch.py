@@ -1,0 +1,39 @@
+"""The ``torch`` target: the components' weights as safetensors plus their configs, loaded back into the
+same diffusers/transformers classes. It makes the whole export -> bundle -> runtime path run before any
+device target, and it is what the other targets are compared with.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .base import Artifact, Exporter
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class TorchExporter(Exporter):
+    target = "torch"
+    precisions = ("fp32", "bf16", "fp16")
+    default_precision = "fp32"
+    backend = "torch"
+    packages = ("torch", "diffusers", "transformers", "safetensors")
+
+    def parity_floor_db(self, component, precision):
+        # fp32 reloads the same weights: the result is bit-exact (inf dB); 60 dB leaves room for BLAS
+        # thread-order noise only. Half precisions keep 8-11 mantissa bits: ~35 dB is the ONNX/Core ML bar.
+        return 60.0 if precision == "fp32" else 30.0
+
+    def export_component(self, name, module, spec, root: Path) -> Artifact:
+        import torch
+
+        source = module.model
+        if self.precision != "fp32":  # cast a copy: the fp32 module stays the parity reference
+            source = copy.deepcopy(source).to(getattr(torch, _DTYPES[self.precision]))
+        out = root / name
+        source.save_pretrained(str(out), safe_serialization=True)
+        lib = "diffusers" if type(source).__module__.startswith("diffusers") else "transformers"
+        files = sorted(p.relative_to(root).as_posix() for p in out.rglob("*") if p.is_file())
+        return Artifact(path=name, files=files, precision=self.precision,
+                        options={"class": f"{lib}.{type(source).__name__}"})

@@ -1,0 +1,57 @@
+"""flash-export: a model -> a self-describing bundle for one target."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import Progress, make_parser, positive_int, quiet_libraries, run
+
+PROG = "flash-export"
+TARGETS = ("torch", "onnx", "coreml", "executorch")
+
+
+def parser():
+    p = make_parser(PROG, "Export an SD3-family model (default: the built-in 'tiny') to a bundle for one target.",
+                    "flash-export --target onnx --model tiny --out bundles/tiny-onnx")
+    p.add_argument("--target", required=True, help=f"artifact format: {', '.join(TARGETS)}")
+    p.add_argument("--model", default="tiny", help="'tiny' (built in) or a diffusers-format SD3 folder")
+    p.add_argument("--out", required=True, help="bundle directory to write (must not exist, unless --force)")
+    p.add_argument("--precision", help="per target: torch fp32|bf16|fp16 (more with each target)")
+    p.add_argument("--steps", type=positive_int, default=4, help="sampler steps baked into the bundle (1-8, default 4)")
+    p.add_argument("--sigmas", type=float, nargs="+", help="explicit sigmas (the student's schedule) instead of "
+                   "the model scheduler's shift; a final 0 is appended")
+    p.add_argument("--rule", choices=("euler", "renoise"), default="euler", help="sampler step rule")
+    p.add_argument("--height", type=positive_int, help="image height (default: the model's native size)")
+    p.add_argument("--width", type=positive_int, help="image width (default: the model's native size)")
+    t5 = p.add_mutually_exclusive_group()
+    t5.add_argument("--t5", dest="t5", action="store_true", help="export the T5 encoder too")
+    t5.add_argument("--no-t5", dest="t5", action="store_false", help="drop T5; zeros of its shape (default)")
+    p.add_argument("--t5-tokens", type=positive_int, default=256,
+                   help="T5 token slots in the text sequence (default 256 as diffusers; 0 drops them: 77 tokens)")
+    p.add_argument("--skip-parity", action="store_true", help="write the bundle even if it fails the parity gate "
+                   "(marked loudly in the manifest)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+
+    def body():
+        quiet_libraries()
+        from ..export import export_bundle
+
+        if args.sigmas and args.steps != 4 and len(args.sigmas) not in (args.steps, args.steps + 1):
+            from ..errors import InvalidInput
+
+            raise InvalidInput(f"--steps {args.steps} disagrees with the {len(args.sigmas)} --sigmas given")
+        export_bundle(args.model, args.target, args.out, args.precision, height=args.height, width=args.width,
+                      steps=args.steps, rule=args.rule, sigmas=args.sigmas, t5=args.t5, t5_tokens=args.t5_tokens,
+                      force=args.force, skip_parity=args.skip_parity, progress=Progress(not args.quiet))
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The errors flash-edge raises on purpose.
+
+Every one of them is a user-facing condition (bad input, a missing package, a failed gate): the CLI prints
+its message as one line and exits with status 2. Anything else escaping is a bug in flash-edge.
+"""
+
+
+class FlashError(Exception):
+    """Base class: a condition the user can act on; the message says what and how."""
+
+
+class InvalidInput(FlashError, ValueError):
+    """An argument is out of range or malformed (steps, size, prompt, precision, ...)."""
+
+
+class ModelLoadError(FlashError):
+    """A model folder or checkpoint is missing, incomplete, corrupt or in an unsupported format."""
+
+
+class BundleError(FlashError):
+    """A bundle is missing, corrupt, from another format version, or fails its hash check."""
+
+
+class BackendUnavailable(FlashError):
+    """A backend (or execution provider, or exporter) cannot run here: package missing or wrong platform."""
+
+
+class ExportError(FlashError):
+    """An export step failed; nothing was written."""
+
+
+class ParityError(ExportError):
+    """An exported artifact does not reproduce the PyTorch reference within the gate."""

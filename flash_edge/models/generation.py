@@ -1,0 +1,83 @@
+"""A loaded model + the user's choices -> the ``GenerationSpec`` (every constant a bundle records)."""
+
+from __future__ import annotations
+
+from ..conditioning import TextLayout
+from ..errors import InvalidInput
+from ..sampler import SamplerConfig, check_steps
+from ..spec import GenerationSpec, LatentSpec, TokenizerSpec
+from .loading import SD3Model
+
+DEFAULT_STEPS = 4
+DEFAULT_T5_TOKENS = 256  # diffusers' max_sequence_length
+
+
+def check_size(model: SD3Model, height: int, width: int) -> None:
+    tcfg, vae_factor = model.transformer.config, 2 ** (len(model.vae.config.block_out_channels) - 1)
+    unit = vae_factor * tcfg.patch_size
+    limit = tcfg.pos_embed_max_size * unit if tcfg.pos_embed_max_size else None
+    for side, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % unit:
+            raise InvalidInput(f"{side} must be a positive multiple of {unit} (VAE factor {vae_factor} x patch "
+                               f"{tcfg.patch_size}), got {value!r}")
+        if limit and value > limit:
+            raise InvalidInput(f"{side} {value} exceeds what this model's position embedding covers "
+                               f"({tcfg.pos_embed_max_size} patches = {limit} px)")
+
+
+def sampler_from_model(model: SD3Model, steps: int, rule: str = "euler", sigmas=None,
+                       guidance_scale: float = 1.0) -> SamplerConfig:
+    cfg = model.scheduler_config
+    if sigmas is not None:
+        sigmas = [float(s) for s in sigmas]
+        if sigmas and sigmas[-1] != 0.0:
+            sigmas.append(0.0)
+        return SamplerConfig(sigmas=tuple(sigmas), rule=rule, guidance_scale=guidance_scale,
+                             timestep_scale=float(cfg.get("num_train_timesteps", 1000)))
+    check_steps(steps)
+    unsupported = [k for k in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas",
+                               "use_beta_sigmas", "invert_sigmas") if cfg.get(k)] + (
+        ["shift_terminal"] if cfg.get("shift_terminal") else [])
+    if unsupported:
+        raise InvalidInput(f"the model's scheduler uses {', '.join(unsupported)}, which flash-edge does not "
+                           f"reproduce; pass explicit sigmas (--sigmas) instead")
+    if rule == "euler" and cfg.get("stochastic_sampling"):
+        rule = "renoise"
+    return SamplerConfig.from_shift(steps, float(cfg.get("shift", 1.0)), rule=rule, guidance_scale=guidance_scale)
+
+
+def generation_spec(model: SD3Model, height: int | None = None, width: int | None = None, steps: int = DEFAULT_STEPS,
+                    rule: str = "euler", sigmas=None, t5_tokens: int = DEFAULT_T5_TOKENS,
+                    guidance_scale: float = 1.0) -> GenerationSpec:
+    tcfg, vcfg = model.transformer.config, model.vae.config
+    vae_factor = 2 ** (len(vcfg.block_out_channels) - 1)
+    height = tcfg.sample_size * vae_factor if height is None else height
+    width = tcfg.sample_size * vae_factor if width is None else width
+    check_size(model, height, width)
+    if not isinstance(t5_tokens, int) or not 0 <= t5_tokens <= 512:
+        raise InvalidInput(f"t5_tokens must be an integer from 0 to 512, got {t5_tokens!r}")
+    t5 = model.text_encoder_3 is not None
+    if t5 and t5_tokens == 0:
+        raise InvalidInput("t5_tokens=0 drops the T5 slot, which needs the model loaded without T5")
+    te1, te2 = model.text_encoder.config, model.text_encoder_2.config
+    text = TextLayout(clip_tokens=77, t5_tokens=t5_tokens, joint_attention_dim=tcfg.joint_attention_dim,
+                      clip_hidden_dims=(te1.hidden_size, te2.hidden_size),
+                      pooled_dims=(te1.projection_dim, te2.projection_dim), t5="encoder" if t5 else "zeros")
+    if sum(text.pooled_dims) != tcfg.pooled_projection_dim:
+        raise InvalidInput(f"the CLIP projections ({text.pooled_dims}) do not add up to the transformer's "
+                           f"pooled_projection_dim ({tcfg.pooled_projection_dim}): the folder mixes models")
+    tokenizers = {}
+    for comp in model.tokenizer_dirs:
+        tok = model.tokenizer(comp)
+        max_length = t5_tokens if comp == "text_encoder_3" else tok.model_max_length
+        if comp != "text_encoder_3" and max_length != 77:
+            raise InvalidInput(f"{model.tokenizer_dirs[comp]} has model_max_length {max_length}; SD3's CLIP "
+                               f"tokenizers use 77")
+        tokenizers[comp] = TokenizerSpec(path=model.tokenizer_dirs[comp].name, max_length=max_length,
+                                         pad_id=int(tok.pad_token_id), vocab_size=len(tok))
+    latent = LatentSpec(channels=tcfg.in_channels, height=height // vae_factor, width=width // vae_factor,
+                        scaling_factor=float(vcfg.scaling_factor), shift_factor=float(vcfg.shift_factor or 0.0),
+                        vae_scale_factor=vae_factor, patch_size=tcfg.patch_size)
+    return GenerationSpec(height=height, width=width, latent=latent,
+                          sampler=sampler_from_model(model, steps, rule, sigmas, guidance_scale), text=text,
+                          tokenizers=tokenizers)

@@ -1,0 +1,150 @@
+"""Load an SD3-family diffusers folder (SD3-Medium, SD3.5-Medium/Large, their few-step students).
+
+The folder is checked before anything heavy happens, so a bad one fails with a message naming the
+missing or broken part: no model_index.json, a missing sub-folder, pickle-only weights (refused:
+safetensors only), a corrupt safetensors file, a scheduler flash-edge cannot reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+MODEL_PARTS = {  # sub-folder -> (library, class) real SD3 checkpoints load into
+    "transformer": ("diffusers", "SD3Transformer2DModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+    "text_encoder_3": ("transformers", "T5EncoderModel"),
+}
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+@dataclass
+class SD3Model:
+    """The loaded parts of an SD3-family pipeline (torch modules in eval mode, float32 by default)."""
+
+    name: str
+    path: Path
+    transformer: object
+    vae: object
+    text_encoder: object
+    text_encoder_2: object
+    text_encoder_3: object | None
+    scheduler_config: dict
+    tokenizer_dirs: dict[str, Path] = field(default_factory=dict)  # keyed by text-encoder component
+
+    def tokenizer(self, component: str):
+        """The transformers tokenizer diffusers would use for ``component``."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.tokenizer_dirs[component]))
+
+    def modules(self) -> dict[str, object]:
+        mods = {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
+                "transformer": self.transformer, "vae": self.vae}
+        if self.text_encoder_3 is not None:
+            mods["text_encoder_3"] = self.text_encoder_3
+        return mods
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{what}: {path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{what}: {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{what}: {path} does not hold a JSON object")
+    return data
+
+
+def check_weights(folder: Path) -> list[Path]:
+    """The safetensors files of a model sub-folder, each opened once to prove its header is sound."""
+    from safetensors import safe_open
+
+    tensors = sorted(folder.glob("*.safetensors"))
+    if not tensors:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ModelLoadError(
+                f"{folder} holds only pickle weights ({', '.join(pickles)}); flash-edge loads safetensors only, "
+                f"since pickle files can run code: convert them with diffusers/transformers "
+                f"`save_pretrained(..., safe_serialization=True)`")
+        raise ModelLoadError(f"{folder} has no weights (*.safetensors)")
+    for f in tensors:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as e:  # safetensors raises SafetensorError/OSError with terse messages
+            raise ModelLoadError(f"corrupt safetensors file {f}: {e}") from None
+    return tensors
+
+
+def check_folder(path: Path, t5: bool) -> dict:
+    """Validate the folder layout; returns model_index.json."""
+    if not path.exists():
+        raise ModelLoadError(f"model folder {path} does not exist")
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} is not a folder; flash-edge loads diffusers-format model folders")
+    index = _read_json(path / "model_index.json", f"{path} is not a diffusers model folder")
+    cls = index.get("_class_name", "")
+    if "StableDiffusion3" not in cls:
+        raise ModelLoadError(f"{path} holds a {cls or 'unknown'} pipeline; flash-edge loads the SD3 family "
+                             f"(StableDiffusion3Pipeline)")
+    needed = list(REQUIRED) + (["text_encoder_3", "tokenizer_3"] if t5 else [])
+    missing = [p for p in needed if not (path / p).is_dir()]
+    if missing:
+        hint = " (pass --no-t5 to run without T5)" if set(missing) & {"text_encoder_3", "tokenizer_3"} else ""
+        raise ModelLoadError(f"model folder {path} is incomplete: missing {', '.join(p + '/' for p in missing)}{hint}")
+    for part in MODEL_PARTS:
+        if part in needed:
+            _read_json(path / part / "config.json", f"model folder {path} is incomplete")
+            check_weights(path / part)
+    return index
+
+
+def _load_part(path: Path, part: str, dtype):
+    import importlib
+
+    lib, cls_name = MODEL_PARTS[part]
+    cls = getattr(importlib.import_module(lib), cls_name)
+    kwargs = {"torch_dtype": dtype} if lib == "diffusers" else {"dtype": dtype}
+    try:
+        module = cls.from_pretrained(str(path / part), use_safetensors=True, low_cpu_mem_usage=True,
+                                     local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load {path / part} as {cls_name}: {first}") from None
+    return module.eval().requires_grad_(False)
+
+
+def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None) -> SD3Model:
+    """Load ``source``: ``"tiny"`` (the built-in model) or the path of an SD3-family diffusers folder.
+
+    ``t5=False`` (the default for device bundles) leaves T5 on disk: it is 4.7B parameters the Flash
+    students do without.
+    """
+    import torch
+
+    if str(source) == "tiny":
+        from .tiny import tiny_folder
+
+        path, name = tiny_folder(), "tiny"
+    else:
+        path, name = Path(source).expanduser(), Path(source).name
+    check_folder(path, t5)
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json", f"model folder {path} is incomplete")
+    dtype = dtype or torch.float32
+    parts = {p: _load_part(path, p, dtype) for p in MODEL_PARTS if p != "text_encoder_3" or t5}
+    tok_dirs = {"text_encoder": path / "tokenizer", "text_encoder_2": path / "tokenizer_2"}
+    if t5:
+        tok_dirs["text_encoder_3"] = path / "tokenizer_3"
+    return SD3Model(name=name, path=path, transformer=parts["transformer"], vae=parts["vae"],
+                    text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+                    text_encoder_3=parts.get("text_encoder_3"), scheduler_config=scheduler, tokenizer_dirs=tok_dirs)

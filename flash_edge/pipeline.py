@@ -1,0 +1,123 @@
+"""``FlashPipeline``: tokenize -> encode -> the fixed few-step sampler -> decode -> image.
+
+One pipeline for every backend: it only sees ``Session`` objects (numpy in, numpy out) and the
+constants of a ``GenerationSpec``, so the sampler, the conditioning and the image are the same code
+whether the components run in PyTorch, ONNX Runtime, Core ML or ExecuTorch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .bundle import Bundle
+from .conditioning import build_conditioning
+from .errors import InvalidInput
+from .image import to_pil
+from .sampler import sample
+from .spec import GenerationSpec
+from .tokenization import PromptTokenizer
+
+StepCallback = Callable[[int, int], None]
+
+
+class FlashPipeline:
+    def __init__(self, spec: GenerationSpec, sessions: dict, tokenizers: dict[str, PromptTokenizer],
+                 info: dict | None = None):
+        missing = [c for c in spec.components if c not in sessions]
+        if missing:
+            raise InvalidInput(f"no session for component(s) {missing}")
+        self.spec, self.sessions, self.tokenizers = spec, sessions, tokenizers
+        self.info = dict(info or {})
+        self.timings: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_bundle(cls, path: str | Path, backend: str = "auto", backends: dict[str, str] | None = None,
+                    verify: bool = True, **options) -> "FlashPipeline":
+        """Load a bundle. ``backend`` applies to every component unless ``backends`` names one for it;
+        ``options`` go to the backends (e.g. ``threads``, ``providers``)."""
+        from .runtimes import choose_backend
+
+        bundle = Bundle.open(path, verify=verify)
+        spec, entries = bundle.spec, bundle.components
+        sessions, chosen = {}, {}
+        for name in spec.components:
+            cls_ = choose_backend(entries[name].target, (backends or {}).get(name, backend))
+            sessions[name] = cls_(**options).load(bundle, name)
+            chosen[name] = cls_.name
+        tokenizers = {c: PromptTokenizer.from_file(bundle.file(t.path) / "tokenizer.json", t.max_length, t.pad_id)
+                      for c, t in spec.tokenizers.items()}
+        model = bundle.manifest.get("model", {}).get("name", "?")
+        return cls(spec, sessions, tokenizers, info={"model": model, "bundle": str(path), "backends": chosen})
+
+    @classmethod
+    def from_model(cls, source: str | Path = "tiny", *, t5: bool = False, **spec_options) -> "FlashPipeline":
+        """The PyTorch reference pipeline straight from a model (``"tiny"`` or a diffusers folder), no bundle.
+
+        ``spec_options``: ``height``, ``width``, ``steps``, ``rule``, ``sigmas``, ``t5_tokens``, ``guidance_scale``.
+        """
+        from .components import build_wrappers
+        from .models import load_model
+        from .models.generation import generation_spec
+        from .runtimes.torch import reference_sessions
+
+        model = load_model(source, t5=t5)
+        spec = generation_spec(model, **spec_options)
+        sessions = reference_sessions(build_wrappers(model, spec.components), spec.component_specs())
+        tokenizers = {c: PromptTokenizer(model.tokenizer(c).backend_tokenizer, t.max_length, t.pad_id)
+                      for c, t in spec.tokenizers.items()}
+        return cls(spec, sessions, tokenizers,
+                   info={"model": model.name, "backends": {c: "torch" for c in spec.components}})
+
+    # ----------------------------------------------------------------- stages
+    def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """prompt -> (encoder_hidden_states, pooled_projections)."""
+        outs = {c: self.sessions[c].run({"input_ids": self.tokenizers[c](prompt)}) for c in self.spec.text_encoders}
+        clip_l = (outs["text_encoder"]["hidden_states"], outs["text_encoder"]["pooled"])
+        clip_g = (outs["text_encoder_2"]["hidden_states"], outs["text_encoder_2"]["pooled"])
+        t5 = outs["text_encoder_3"]["hidden_states"] if "text_encoder_3" in outs else None
+        return build_conditioning(self.spec.text, clip_l, clip_g, t5)
+
+    def denoise(self, cond: tuple[np.ndarray, np.ndarray], seed: int,
+                uncond: tuple[np.ndarray, np.ndarray] | None = None, on_step: StepCallback | None = None,
+                latents: np.ndarray | None = None) -> np.ndarray:
+        transformer, g = self.sessions["transformer"], self.spec.sampler.guidance_scale
+
+        def velocity(x, t):
+            v = transformer.run({"latent": x, "timestep": t, "encoder_hidden_states": cond[0],
+                                 "pooled_projections": cond[1]})["velocity"]
+            if uncond is None:
+                return v
+            v_u = transformer.run({"latent": x, "timestep": t, "encoder_hidden_states": uncond[0],
+                                   "pooled_projections": uncond[1]})["velocity"]
+            return v_u + g * (v - v_u)
+
+        return sample(velocity, self.spec.sampler, self.spec.latent.shape, seed, on_step=on_step, latents=latents)
+
+    def decode(self, latent: np.ndarray) -> np.ndarray:
+        """latent -> (1, 3, H, W) float image in [0, 1]."""
+        return self.sessions["vae_decoder"].run({"latent": latent})["image"]
+
+    # ----------------------------------------------------------------- the whole thing
+    def generate(self, prompt: str, seed: int = 0, negative_prompt: str = "", on_step: StepCallback | None = None,
+                 latents: np.ndarray | None = None) -> np.ndarray:
+        """prompt -> (1, 3, H, W) float image in [0, 1]; per-phase seconds land in ``self.timings``."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidInput("prompt is empty: describe the image to generate")
+        t0 = time.perf_counter()
+        cond = self.encode(prompt)
+        uncond = self.encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None
+        t1 = time.perf_counter()
+        latent = self.denoise(cond, seed, uncond, on_step=on_step, latents=latents)
+        t2 = time.perf_counter()
+        image = self.decode(latent)
+        self.timings = {"encode": t1 - t0, "denoise": t2 - t1, "decode": time.perf_counter() - t2}
+        return image
+
+    def __call__(self, prompt: str, seed: int = 0, **kwargs):
+        """prompt -> PIL image."""
+        return to_pil(self.generate(prompt, seed, **kwargs))

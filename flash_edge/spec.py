@@ -1,0 +1,157 @@
+"""What goes in and out of each component, and the constants of a generation: torch-free dataclasses
+that the exporters, the bundle manifest, the backends and the pipeline all read.
+
+Component contract (batch 1, static shapes; names are the ONNX/Core ML/ExecuTorch I/O names):
+
+=================  ===============================================  ===========================================
+component          inputs                                           outputs
+=================  ===============================================  ===========================================
+text_encoder       input_ids int64 [1, 77]                          hidden_states [1, 77, 768], pooled [1, 768]
+text_encoder_2     input_ids int64 [1, 77]                          hidden_states [1, 77, 1280], pooled [1, 1280]
+text_encoder_3     input_ids int64 [1, 256]  (T5, optional)         hidden_states [1, 256, 4096]
+transformer        latent [1, 16, h, w], timestep [1],              velocity [1, 16, h, w]
+                   encoder_hidden_states [1, 333, 4096],
+                   pooled_projections [1, 2048]
+vae_decoder        latent [1, 16, h, w]  (scaling and shift folded)  image [1, 3, H, W] in [0, 1]
+=================  ===============================================  ===========================================
+(sizes are SD3.5-Medium's at 512^2 without T5; the real numbers come from the model.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .conditioning import TextLayout
+from .sampler import SamplerConfig
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+TOKENIZER_DIRS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
+DTYPES = ("float32", "int64")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    low: float | None = None  # dummy-input range: uniform in [low, high) (ints: integers); else N(0, 1)
+    high: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+    def dummy(self, rng: np.random.Generator) -> np.ndarray:
+        if self.dtype == "int64":
+            return rng.integers(int(self.low or 0), int(self.high or 2), size=self.shape, dtype=np.int64)
+        if self.low is not None:
+            return rng.uniform(self.low, self.high, size=self.shape).astype(np.float32)
+        return rng.standard_normal(self.shape).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dummy_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {t.name: t.dummy(rng) for t in self.inputs}
+
+    def io_dict(self) -> dict:
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    channels: int
+    height: int
+    width: int
+    scaling_factor: float
+    shift_factor: float
+    vae_scale_factor: int  # pixels per latent cell (8)
+    patch_size: int  # latent cells per transformer token side (2)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (1, self.channels, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    path: str  # folder inside the bundle, holding tokenizer.json
+    max_length: int
+    pad_id: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Every constant a generation needs; the non-artifact half of a bundle manifest."""
+
+    height: int
+    width: int
+    latent: LatentSpec
+    sampler: SamplerConfig
+    text: TextLayout
+    tokenizers: dict[str, TokenizerSpec] = field(default_factory=dict)  # keyed by text-encoder component
+
+    @property
+    def text_encoders(self) -> tuple[str, ...]:
+        return TEXT_ENCODERS if self.text.t5 == "encoder" else TEXT_ENCODERS[:2]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return self.text_encoders + ("transformer", "vae_decoder")
+
+    def component_specs(self) -> dict[str, ComponentSpec]:
+        return {name: self.component_spec(name) for name in self.components}
+
+    def component_spec(self, name: str) -> ComponentSpec:
+        t, lat = self.text, self.latent
+        if name in ("text_encoder", "text_encoder_2"):
+            i = 0 if name == "text_encoder" else 1
+            tok = self.tokenizers[name]
+            return ComponentSpec(name, (TensorSpec("input_ids", (1, t.clip_tokens), "int64", 0, tok.vocab_size),),
+                                 (TensorSpec("hidden_states", (1, t.clip_tokens, t.clip_hidden_dims[i])),
+                                  TensorSpec("pooled", (1, t.pooled_dims[i]))))
+        if name == "text_encoder_3":
+            tok = self.tokenizers[name]
+            return ComponentSpec(name, (TensorSpec("input_ids", (1, t.t5_tokens), "int64", 0, tok.vocab_size),),
+                                 (TensorSpec("hidden_states", (1, t.t5_tokens, t.joint_attention_dim)),))
+        if name == "transformer":
+            return ComponentSpec(name, (
+                TensorSpec("latent", lat.shape),
+                TensorSpec("timestep", (1,), "float32", 0.0, self.sampler.timestep_scale),
+                TensorSpec("encoder_hidden_states", (1, t.sequence_length, t.joint_attention_dim)),
+                TensorSpec("pooled_projections", (1, t.pooled_dim)),
+            ), (TensorSpec("velocity", lat.shape),))
+        if name == "vae_decoder":
+            return ComponentSpec(name, (TensorSpec("latent", lat.shape),),
+                                 (TensorSpec("image", (1, 3, self.height, self.width)),))
+        raise KeyError(f"unknown component {name!r}")
+
+    def to_dict(self) -> dict:
+        return {"image": {"height": self.height, "width": self.width},
+                "latent": asdict(self.latent), "sampler": self.sampler.to_dict(), "text": self.text.to_dict(),
+                "tokenizers": {k: asdict(v) for k, v in self.tokenizers.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationSpec":
+        return cls(height=d["image"]["height"], width=d["image"]["width"], latent=LatentSpec(**d["latent"]),
+                   sampler=SamplerConfig.from_dict(d["sampler"]), text=TextLayout.from_dict(d["text"]),
+                   tokenizers={k: TokenizerSpec(**v) for k, v in d["tokenizers"].items()})

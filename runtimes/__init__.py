@@ -1,0 +1,50 @@
+"""Backends that run bundle artifacts, a registry, and the automatic per-device choice.
+
+Importing this package (or running an ONNX or Core ML bundle) never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import BackendUnavailable, InvalidInput
+from .base import Backend, Session
+from .device import Device, detect, preference
+
+# name -> "module:class"; a new target adds one line here and one file beside this one.
+REGISTRY = {
+    "torch": "flash_edge.runtimes.torch:TorchBackend",
+}
+
+__all__ = ["Backend", "Session", "Device", "REGISTRY", "backend_class", "choose_backend", "detect"]
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in REGISTRY:
+        raise InvalidInput(f"unknown backend {name!r}; choose one of: auto, {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def choose_backend(target: str, requested: str = "auto", device: Device | None = None) -> type[Backend]:
+    """The backend class to run an artifact of ``target`` with: ``requested``, or the device's best."""
+    if requested != "auto":
+        cls = backend_class(requested)
+        if target not in cls.formats:
+            raise InvalidInput(f"backend {requested!r} cannot run {target} artifacts; this bundle needs a backend "
+                               f"for {target} (re-export with --target {requested}, or use --backend auto)")
+        reason = cls.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"backend {requested!r} is not available here: {reason}")
+        return cls
+    reasons = []
+    for name in preference(device or detect()):
+        if name not in REGISTRY:
+            continue
+        cls = backend_class(name)
+        if target in cls.formats:
+            reason = cls.unavailable_reason()
+            if reason is None:
+                return cls
+            reasons.append(f"{name}: {reason}")
+    raise BackendUnavailable(f"no backend here can run {target} artifacts" + (f" ({'; '.join(reasons)})" if reasons else ""))

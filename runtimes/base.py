@@ -1,0 +1,59 @@
+"""The backend contract: load one component's artifact from a bundle; run numpy in, numpy out.
+
+A backend reads artifacts of one or more targets (``formats``) and says whether it can run here
+(``unavailable_reason``). Sessions check their inputs against the component's spec before calling the
+backend's library, so a wrong shape is a clear error, not a traceback from deep inside a runtime.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import InvalidInput
+from ..spec import ComponentSpec
+
+_NP_DTYPES = {"float32": np.float32, "int64": np.int64}
+
+
+class Session(ABC):
+    """One loaded component."""
+
+    def __init__(self, spec: ComponentSpec):
+        self.spec = spec
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self.spec.input_names
+        if set(feeds) != set(names):
+            raise InvalidInput(f"{self.spec.name} takes inputs {names}, got {sorted(feeds)}")
+        arrays = []
+        for t in self.spec.inputs:
+            a = np.ascontiguousarray(feeds[t.name], dtype=_NP_DTYPES[t.dtype])
+            if a.shape != tuple(t.shape):
+                raise InvalidInput(f"{self.spec.name} input {t.name} has shape {a.shape}, expected {tuple(t.shape)}")
+            arrays.append(a)
+        outputs = self._run(arrays)
+        return {t.name: np.asarray(o, dtype=np.float32) for t, o in zip(self.spec.outputs, outputs)}
+
+    @abstractmethod
+    def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Inputs in spec order (validated); outputs in spec order."""
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]  # bundle targets whose artifacts this backend runs
+
+    def __init__(self, **options):
+        self.options = options
+
+    @classmethod
+    @abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """None if the backend can run on this machine, else a one-line reason (with the fix)."""
+
+    @abstractmethod
+    def load(self, bundle, component: str) -> Session:
+        """Load ``component`` of ``bundle`` (a ``flash_edge.bundle.Bundle``)."""

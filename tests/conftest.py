@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny model is built once per session into a temporary FLASH_EDGE_HOME, so tests
+never depend on (or write to) the user's cache, and load it back through the real loader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flash_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("flash-home")
+    os.environ["FLASH_EDGE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(flash_home) -> Path:
+    from flash_edge.models.tiny import tiny_folder
+
+    return tiny_folder()
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(flash_home) -> Path:
+    from flash_edge.models.tiny import tiny_folder
+
+    return tiny_folder(t5=True)
+
+
+@pytest.fixture(scope="session")
+def torch_bundle(tmp_path_factory, tiny_dir) -> Path:
+    from flash_edge.export import export_bundle
+
+    return export_bundle("tiny", "torch", tmp_path_factory.mktemp("bundles") / "torch")
