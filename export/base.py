@@ -39,6 +39,10 @@ class Exporter(ABC):
     backend: ClassVar[str]  # the runtime backend that runs this target's artifacts (used by the parity gate)
     packages: ClassVar[tuple[str, ...]] = ()  # importable modules the exporter needs
     extra: ClassVar[str] = ""  # the pip extra that installs them
+    # Target-specific command-line options: flag -> argparse keywords (with a "default"). flash-export adds
+    # them in a group of their own and passes their values to ``__init__`` as keyword options; giving one
+    # with another --target is an error. Keep the module importable without the target's packages.
+    cli_options: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, precision: str | None = None, **options):
         precision = precision or self.default_precision
@@ -77,6 +81,11 @@ class Exporter(ABC):
     @abstractmethod
     def export_component(self, name: str, module, spec: ComponentSpec, root: Path) -> Artifact:
         """Write ``name``'s artifact under ``root`` (the bundle's temporary directory)."""
+
+    def manifest_extra(self) -> dict:
+        """Bundle-level facts this target adds to the manifest under its own key (after all components
+        were exported), e.g. the execution providers an fp16 ONNX bundle is meant for."""
+        return {}
 
     def candidate_pipeline(self, bundle_dir: Path):
         """The pipeline the parity gate compares with the reference: by default the bundle run through

@@ -91,6 +91,8 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
             if parity["status"] == "not run":
                 warnings.append(f"parity gate not run here: {parity['reason']}")
         say("writing manifest (hashing files)")
-        write_manifest(tmp, spec, entries, **provenance, parity=parity, warnings=warnings)
+        extra = exporter.manifest_extra()
+        write_manifest(tmp, spec, entries, **provenance, **({target: extra} if extra else {}), parity=parity,
+                       warnings=warnings)
     say(f"wrote {out}")
     return out

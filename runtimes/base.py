@@ -8,12 +8,16 @@ backend's library, so a wrong shape is a clear error, not a traceback from deep 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from ..errors import InvalidInput
 from ..spec import ComponentSpec
+
+if TYPE_CHECKING:
+    from ..bundle import ComponentEntry
 
 _NP_DTYPES = {"float32": np.float32, "int64": np.int64}
 
@@ -54,6 +58,11 @@ class Backend(ABC):
     def unavailable_reason(cls) -> str | None:
         """None if the backend can run on this machine, else a one-line reason (with the fix)."""
 
-    @abstractmethod
     def load(self, bundle, component: str) -> Session:
         """Load ``component`` of ``bundle`` (a ``flash_edge.bundle.Bundle``)."""
+        return self.open(bundle.path, component, bundle.components[component])
+
+    @abstractmethod
+    def open(self, root: Path, component: str, entry: ComponentEntry) -> Session:
+        """Load one artifact described by ``entry`` (paths relative to ``root``). Works on any artifact an
+        exporter wrote, in a bundle or not (benchmarks open single transformer blocks this way)."""

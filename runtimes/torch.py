@@ -32,23 +32,22 @@ class TorchBackend(Backend):
         missing = [m for m in ("torch", "diffusers", "transformers") if importlib.util.find_spec(m) is None]
         return f"needs {', '.join(missing)}: pip install 'flash-edge[torch]'" if missing else None
 
-    def load(self, bundle, component):
+    def open(self, root, component, entry):
         import importlib
 
         import torch
 
         from ..components import wrap
 
-        entry = bundle.components[component]
         lib, cls_name = entry.options["class"].split(".")
         cls = getattr(importlib.import_module(lib), cls_name)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[entry.precision]
         kwargs = {"torch_dtype": dtype} if lib == "diffusers" else {"dtype": dtype}
         try:
-            module = cls.from_pretrained(str(bundle.file(entry.path)), use_safetensors=True, local_files_only=True,
+            module = cls.from_pretrained(str(root / entry.path), use_safetensors=True, local_files_only=True,
                                          **kwargs)
         except (OSError, ValueError, RuntimeError) as e:
-            raise BundleError(f"cannot load {bundle.file(entry.path)} as {cls_name}: {str(e).splitlines()[0]}") from None
+            raise BundleError(f"cannot load {root / entry.path} as {cls_name}: {str(e).splitlines()[0]}") from None
         threads = self.options.get("threads")
         if threads:
             torch.set_num_threads(int(threads))

@@ -32,7 +32,39 @@ def parser():
                    "(marked loudly in the manifest)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    added = set()
+    for target, cls in _exporter_classes().items():
+        flags = [f for f in cls.cli_options if f not in added]  # a flag two targets share is added once
+        if flags:
+            group = p.add_argument_group(f"{target} options")
+            for flag in flags:
+                group.add_argument(flag, **cls.cli_options[flag])
+            added.update(flags)
     return p
+
+
+def _exporter_classes() -> dict:
+    """Every registered exporter class (their modules import their heavy packages lazily)."""
+    from ..export import REGISTRY, exporter_class
+
+    return {t: exporter_class(t) for t in REGISTRY}
+
+
+def target_options(args, target: str) -> dict:
+    """The values of ``target``'s own options; another target's option given a non-default value is an error."""
+    from ..errors import InvalidInput
+    from ..export import exporter_class
+
+    own = exporter_class(target).cli_options  # an unknown target fails here, with the list of targets
+    chosen = {}
+    for t, cls in _exporter_classes().items():
+        for flag, kwargs in cls.cli_options.items():
+            dest = kwargs.get("dest") or flag.lstrip("-").replace("-", "_")
+            if flag in own:
+                chosen[dest] = getattr(args, dest)
+            elif getattr(args, dest) != kwargs.get("default"):
+                raise InvalidInput(f"{flag} applies to --target {t}, not {target}")
+    return chosen
 
 
 def main(argv=None) -> int:
@@ -48,7 +80,8 @@ def main(argv=None) -> int:
             raise InvalidInput(f"--steps {args.steps} disagrees with the {len(args.sigmas)} --sigmas given")
         export_bundle(args.model, args.target, args.out, args.precision, height=args.height, width=args.width,
                       steps=args.steps, rule=args.rule, sigmas=args.sigmas, t5=args.t5, t5_tokens=args.t5_tokens,
-                      force=args.force, skip_parity=args.skip_parity, progress=Progress(not args.quiet))
+                      force=args.force, skip_parity=args.skip_parity, progress=Progress(not args.quiet),
+                      **target_options(args, args.target))
 
     return run(PROG, body)
 
