@@ -1,0 +1,1 @@
+"""flash-bench: latency, memory, size and quality per backend and precision."""

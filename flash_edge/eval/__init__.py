@@ -1,0 +1,1 @@
+"""Metrics on generated images (mini-GenEval: pixel-level prompt adherence)."""
