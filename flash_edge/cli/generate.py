@@ -43,7 +43,7 @@ def main(argv=None) -> int:
             raise InvalidInput(f"{out} already exists; pass --force to replace it")
         if not args.prompt.strip():
             raise InvalidInput("prompt is empty: describe the image to generate")
-        if args.bundle and (args.steps or args.height or args.width):
+        if args.bundle and any(v is not None for v in (args.steps, args.height, args.width)):
             raise InvalidInput("--steps/--height/--width are fixed in a bundle; export another bundle to change them")
         quiet_libraries()
         from ..image import save_png
@@ -56,7 +56,8 @@ def main(argv=None) -> int:
             if args.backend not in ("auto", "torch"):
                 raise InvalidInput("--model runs the PyTorch reference; export a bundle to use another backend")
             say(f"loading model {args.model}")
-            opts = {k: v for k, v in (("steps", args.steps), ("height", args.height), ("width", args.width)) if v}
+            opts = {k: v for k, v in (("steps", args.steps), ("height", args.height), ("width", args.width))
+                    if v is not None}
             pipe = FlashPipeline.from_model(args.model, **opts)
         image = pipe(args.prompt, seed=args.seed, on_step=lambda i, n: say(f"step {i}/{n}"))
         backends = sorted(set(pipe.info["backends"].values()))

@@ -1,0 +1,209 @@
+"""The commands as a user runs them: flash-export -> flash-generate -> PNG, and every bad input as one line
+on stderr with exit status 2 (no traceback, nothing half-written)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flash_edge.cli import export as export_cli
+from flash_edge.cli import generate as generate_cli
+
+
+def run_cli(main, *argv) -> tuple[int, str]:
+    """Run a command's ``main`` in-process; returns (exit status, stderr)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+    return code, err.getvalue()
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+    import re
+
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_export_then_generate_writes_a_png_with_provenance(torch_bundle, tmp_path):
+    out = tmp_path / "x.png"
+    code, err = run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompt", "a red circle", "--seed", 0,
+                        "--out", out)
+    assert code == 0, err
+    assert "step 4/4" in err  # progress on stderr
+    image = Image.open(out)
+    assert image.size == (128, 128) and image.mode == "RGB"
+    assert image.text == {"prompt": "a red circle", "seed": "0", "steps": "4", "backend": "torch", "model": "tiny",
+                          "source": str(torch_bundle), "software": "flash-edge"}
+
+
+def test_same_seed_gives_the_same_bytes_and_model_equals_bundle(torch_bundle, tmp_path):
+    a, b, c, d = (tmp_path / f"{n}.png" for n in "abcd")
+    for out in (a, b):
+        assert run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompt", "a blue square", "--out", out,
+                       "--quiet")[0] == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert run_cli(generate_cli.main, "--model", "tiny", "--prompt", "a blue square", "--out", c, "--quiet")[0] == 0
+    # Same pixels (the text metadata names the source, so bytes differ only there).
+    np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(c)))
+    assert run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompt", "a blue square", "--seed", 1,
+                   "--out", d, "--quiet")[0] == 0
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(d)))
+
+
+def test_console_scripts_are_installed_and_show_an_example():
+    for name in ("flash-export", "flash-generate"):
+        exe = Path(sys.executable).with_name(name)
+        out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
+        assert "example:" in out and name in out
+
+
+def test_manifest_records_every_constant(torch_bundle):
+    m = json.loads((torch_bundle / "manifest.json").read_text())
+    assert m["format_version"] == 1 and m["target"] == "torch" and m["parity"]["status"] == "passed"
+    g = m["generation"]
+    assert g["latent"]["scaling_factor"] == pytest.approx(1.5305) and g["latent"]["shift_factor"] == pytest.approx(0.0609)
+    assert g["sampler"]["steps"] == 4 and len(g["sampler"]["sigmas"]) == 5 and g["sampler"]["sigmas"][-1] == 0
+    assert g["text"]["t5"] == "zeros" and g["text"]["sequence_length"] == 333
+    tr = m["components"]["transformer"]
+    assert [t["name"] for t in tr["inputs"]] == ["latent", "timestep", "encoder_hidden_states", "pooled_projections"]
+    assert tr["outputs"] == [{"name": "velocity", "shape": [1, 16, 16, 16], "dtype": "float32"}]
+    # every file of the bundle is listed with size and sha256, the manifest itself excepted
+    on_disk = {p.relative_to(torch_bundle).as_posix() for p in torch_bundle.rglob("*") if p.is_file()}
+    assert set(m["files"]) == on_disk - {"manifest.json"}
+    assert (torch_bundle / "tokenizer" / "tokenizer.json").is_file()
+    assert (torch_bundle / "tokenizer" / "vocab.json").is_file() and (torch_bundle / "tokenizer" / "merges.txt").is_file()
+
+
+# ----------------------------------------------------------------------------- bad input, one line each
+@pytest.mark.parametrize("argv,pattern", [
+    (["--target", "tensorrt"], r"unknown target 'tensorrt'; choose one of"),
+    (["--target", "torch", "--precision", "int3"], r"target torch does not support precision 'int3'; choose one of fp32"),
+    (["--target", "torch", "--model", "/nonexistent/model"], r"model folder /nonexistent/model does not exist"),
+    (["--target", "torch", "--height", "100"], r"height must be a positive multiple of 16"),
+    (["--target", "torch", "--steps", "9"], r"steps must be an integer from 1 to 8, got 9"),
+    (["--target", "torch", "--steps", "0"], r"steps must be an integer from 1 to 8, got 0"),
+    (["--target", "torch", "--steps", "two"], r"expected an integer, got 'two'"),
+])
+def test_export_bad_input(tmp_path, argv, pattern):
+    out = tmp_path / "b"
+    code, err = run_cli(export_cli.main, *argv, "--out", out, "--quiet")
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_export_refuses_an_existing_output_without_force(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("mine")
+    code, err = run_cli(export_cli.main, "--target", "torch", "--out", tmp_path / "b", "--quiet")
+    assert_one_line_error(code, err, r"already exists; pass --force to replace it")
+    assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
+
+
+def test_export_of_pickle_only_folder_is_refused(tiny_dir, tmp_path):
+    import torch
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({"w": torch.zeros(1)}, model / "vae" / "diffusion_pytorch_model.bin")
+    code, err = run_cli(export_cli.main, "--target", "torch", "--model", model, "--out", tmp_path / "b", "--quiet")
+    assert_one_line_error(code, err, r"vae holds only pickle weights .*safetensors only")
+    assert not (tmp_path / "b").exists()
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A failure after artifacts were written (here: the parity gate) removes the temporary bundle."""
+    from flash_edge.errors import ParityError
+    from flash_edge.export import parity
+
+    def failing_gate(*a, **k):
+        raise ParityError("torch fp32 export fails the parity gate: image 12.0 dB < 60.0 dB")
+
+    monkeypatch.setattr("flash_edge.export.build.run_gate", failing_gate)
+    assert parity.run_gate is not failing_gate
+    code, err = run_cli(export_cli.main, "--target", "torch", "--out", tmp_path / "b", "--quiet")
+    assert_one_line_error(code, err, r"fails the parity gate: image 12.0 dB < 60.0 dB")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--prompt", "   "], r"prompt is empty"),
+    (["--prompt", "x", "--backend", "metal"], r"unknown backend 'metal'; choose one of: auto, torch"),
+    (["--prompt", "x", "--steps", "3"], r"fixed in a bundle"),
+])
+def test_generate_bad_input(torch_bundle, tmp_path, argv, pattern):
+    out = tmp_path / "x.png"
+    code, err = run_cli(generate_cli.main, "--bundle", torch_bundle, *argv, "--out", out)
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("steps", [0, 9])
+def test_generate_model_steps_out_of_range(tmp_path, steps):
+    code, err = run_cli(generate_cli.main, "--model", "tiny", "--prompt", "x", "--steps", steps,
+                        "--out", tmp_path / "x.png")
+    assert_one_line_error(code, err, rf"steps must be an integer from 1 to 8, got {steps}")
+
+
+def test_generate_refuses_to_overwrite_without_force(torch_bundle, tmp_path):
+    out = tmp_path / "x.png"
+    out.write_bytes(b"mine")
+    code, err = run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompt", "x", "--out", out)
+    assert_one_line_error(code, err, r"already exists; pass --force")
+    assert out.read_bytes() == b"mine"
+    assert run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompt", "x", "--out", out, "--force",
+                   "--quiet")[0] == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def bundle_copy(torch_bundle, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(torch_bundle, dst)
+    return dst
+
+
+def _edit_manifest(bundle: Path, **changes) -> None:
+    mf = bundle / "manifest.json"
+    m = json.loads(mf.read_text())
+    m.update(changes)
+    mf.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("break_it,pattern", [
+    (lambda b: _edit_manifest(b, format_version=2), r"has format version 2 .*reads version 1: export the bundle again"),
+    (lambda b: (b / "manifest.json").write_text("{oops"), r"manifest.json is not valid JSON"),
+    (lambda b: (b / "manifest.json").unlink(), r"is not a flash-edge bundle: it has no manifest.json"),
+    (lambda b: (b / "transformer" / "config.json").unlink(), r"bundle file .*transformer/config.json is missing"),
+    (lambda b: (b / "transformer" / "config.json").write_text(
+        (b / "transformer" / "config.json").read_text().replace('"num_layers": 4', '"num_layers": 5')),
+     r"transformer/config.json does not match its sha256"),
+    (lambda b: (b / "vae_decoder" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 10),
+     r"diffusion_pytorch_model.safetensors has 10 bytes, the manifest says \d+: it is truncated"),
+])
+def test_broken_bundles_are_refused(bundle_copy, tmp_path, break_it, pattern):
+    break_it(bundle_copy)
+    code, err = run_cli(generate_cli.main, "--bundle", bundle_copy, "--prompt", "x", "--out", tmp_path / "x.png")
+    assert_one_line_error(code, err, pattern)
+
+
+def test_missing_bundle(tmp_path):
+    code, err = run_cli(generate_cli.main, "--bundle", tmp_path / "nope", "--prompt", "x", "--out", tmp_path / "x.png")
+    assert_one_line_error(code, err, r"does not exist or is not a directory")
