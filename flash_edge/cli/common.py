@@ -40,6 +40,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TORCH_LOGS", "-torch")  # torch re-arms its own loggers on import (torchao's pytree notices)
     warnings.filterwarnings("ignore")
     for name in ("torchao", "torch", "onnxscript", "coremltools", "executorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
