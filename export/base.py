@@ -62,17 +62,6 @@ class Exporter(ABC):
             return f"needs {', '.join(missing)}: pip install 'flash-edge[{cls.extra or cls.target}]'"
         return None
 
-    def tool_versions(self) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = {}
-        for m in self.packages:
-            try:
-                out[m] = version(m)
-            except PackageNotFoundError:
-                pass
-        return out
-
     @abstractmethod
     def parity_floor_db(self, component: str, precision: str) -> float:
         """Minimum PSNR (dB) against the fp32 PyTorch reference for this component's artifact (and, with

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import platform
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
 from ..bundle import atomic_directory, check_output_path, write_manifest
 from ..errors import ExportError
+from ..versions import package_versions, python_version
 from .parity import run_gate
 
 Progress = Callable[[str], None]
-
-
-def _versions(names) -> dict[str, str]:
-    out = {}
-    for n in names:
-        try:
-            out[n] = version(n)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def _write_tokenizers(model, spec, root: Path) -> None:
@@ -48,8 +37,6 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     from ..models import load_model
     from ..models.generation import generation_spec
     from ..pipeline import FlashPipeline
-    from ..runtimes.torch import reference_sessions
-    from ..tokenization import PromptTokenizer
     from . import get_exporter
 
     say = progress or (lambda msg: None)
@@ -58,7 +45,7 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     say(f"loading model {source}")
     model = load_model(source, t5=t5)
     spec = generation_spec(model, height, width, steps=steps, rule=rule, sigmas=sigmas,
-                           t5_tokens=0 if t5_tokens == 0 else t5_tokens)
+                           t5_tokens=t5_tokens)
     specs = spec.component_specs()
     wrappers = build_wrappers(model, spec.components)
     with atomic_directory(out, force) as tmp:
@@ -73,8 +60,8 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
                       "transformer": dict(model.transformer.config),
                       "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in model.modules().items()}},
             "target": target, "precision": exporter.precision,
-            "tools": {**_versions(["torch", "diffusers", "transformers", "numpy", "tokenizers"]),
-                      **exporter.tool_versions(), "python": platform.python_version()},
+            "tools": {**package_versions(["torch", "diffusers", "transformers", "numpy", "tokenizers"]),
+                      **package_versions(exporter.packages), "python": python_version()},
         }
         write_manifest(tmp, spec, entries, hash_files=False, **provenance)
         warnings = []
@@ -84,9 +71,7 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
                             "PyTorch reference and may produce wrong images")
         else:
             say("parity gate: comparing with the PyTorch reference")
-            tokenizers = {c: PromptTokenizer(model.tokenizer(c).backend_tokenizer, t.max_length, t.pad_id)
-                          for c, t in spec.tokenizers.items()}
-            reference = FlashPipeline(spec, reference_sessions(wrappers, specs), tokenizers)
+            reference = FlashPipeline.reference(model, spec, wrappers)
             parity = run_gate(exporter, reference, tmp, specs)
             if parity["status"] == "not run":
                 warnings.append(f"parity gate not run here: {parity['reason']}")

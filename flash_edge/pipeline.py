@@ -60,14 +60,20 @@ class FlashPipeline:
 
         ``spec_options``: ``height``, ``width``, ``steps``, ``rule``, ``sigmas``, ``t5_tokens``, ``guidance_scale``.
         """
-        from .components import build_wrappers
         from .models import load_model
         from .models.generation import generation_spec
-        from .runtimes.torch import reference_sessions
 
         model = load_model(source, t5=t5)
-        spec = generation_spec(model, **spec_options)
-        sessions = reference_sessions(build_wrappers(model, spec.components), spec.component_specs())
+        return cls.reference(model, generation_spec(model, **spec_options))
+
+    @classmethod
+    def reference(cls, model, spec: GenerationSpec, wrappers: dict | None = None) -> "FlashPipeline":
+        """The PyTorch reference over a loaded ``SD3Model`` (its wrapped modules, in memory)."""
+        from .components import build_wrappers
+        from .runtimes.torch import reference_sessions
+
+        wrappers = wrappers or build_wrappers(model, spec.components)
+        sessions = reference_sessions(wrappers, spec.component_specs())
         tokenizers = {c: PromptTokenizer(model.tokenizer(c).backend_tokenizer, t.max_length, t.pad_id)
                       for c, t in spec.tokenizers.items()}
         return cls(spec, sessions, tokenizers,
