@@ -124,14 +124,21 @@ def _load_part(path: Path, part: str, dtype):
     return module.eval().requires_grad_(False)
 
 
-def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None) -> SD3Model:
-    """Load ``source``: ``"tiny"`` (the built-in model) or the path of an SD3-family diffusers folder.
+def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None, config=None) -> SD3Model:
+    """Load ``source``: ``"tiny"`` (the built-in model), the path of an SD3-family diffusers folder, or an SD3
+    single-file ``.safetensors`` checkpoint (``config``: its diffusers config folder; see ``single_file``).
 
     ``t5=False`` (the default for device bundles) leaves T5 on disk: it is 4.7B parameters the Flash
     students do without.
     """
     import torch
 
+    from .single_file import is_single_file, load_single_file
+
+    if is_single_file(source):
+        return load_single_file(source, config=config, t5=t5, dtype=dtype)
+    if config is not None:
+        raise ModelLoadError(f"a config folder applies to single-file .safetensors checkpoints, not to {source}")
     if str(source) == "tiny":
         from .tiny import tiny_folder
 
