@@ -1,0 +1,122 @@
+"""Training the teacher from scratch: the VAE on the dataset's pictures, then the MMDiT-X transformer (with
+both CLIP text encoders) on the rectified-flow objective, with caption dropout so it runs with CFG.
+
+Each step draws one global batch from a seeded ``torch.Generator`` (the same on every rank), keeps this
+rank's shard and averages gradients (``distributed.optimizer_step``): one loop for one or many processes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .distributed import SINGLE, Dist, optimizer_step
+from .flow import noised, training_sigmas
+from .models import Family
+
+Log = Callable[[int, dict], None]
+KL_WEIGHT = 1e-3  # per latent element; small, as SD's VAEs: the latent stays close to deterministic
+CAPTION_DROPOUT = 0.1  # share of prompts replaced by "" so the teacher learns the unconditional velocity too
+
+
+# ----------------------------------------------------------------------------- VAE
+def vae_loss(family: Family, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Reconstruction (MSE + L1 on [-1, 1] pixels) through a sampled latent, plus a small KL term."""
+    post = family.vae.encode(images).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator)
+    rec = family.vae.decode(z).sample
+    kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+    return F.mse_loss(rec, images) + 0.5 * F.l1_loss(rec, images) + KL_WEIGHT * kl
+
+
+def train_vae(family: Family, images: torch.Tensor, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+              ctx: Dist = SINGLE, log: Log | None = None) -> list[float]:
+    """Train the VAE on ``images`` (N, 3, H, W) in [-1, 1]; returns the per-step (global) losses."""
+    vae = family.vae.train()
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(len(images), (batch,), generator=g)
+        noise_g = torch.Generator().manual_seed(seed * 1_000_003 + step * 7 + ctx.rank)
+        loss = vae_loss(family, ctx.shard(images[idx]), noise_g)
+        losses.append(optimizer_step(loss, params, opt, ctx))
+        if log:
+            log(step, {"vae_loss": losses[-1]})
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def fit_latent_scaling(family: Family, images: torch.Tensor) -> tuple[float, float]:
+    """SD3's latent normalisation from data: shift_factor = mean, scaling_factor = 1 / std (of the VAE's
+    unscaled latents); written into the VAE config, returned as (scaling, shift)."""
+    family.vae.register_to_config(scaling_factor=1.0, shift_factor=0.0)
+    z = torch.cat([family.vae.encode(images[i:i + 64]).latent_dist.mode() for i in range(0, len(images), 64)])
+    shift, scale = float(z.mean()), float(1.0 / z.std())
+    family.vae.register_to_config(scaling_factor=scale, shift_factor=shift)
+    return scale, shift
+
+
+@torch.no_grad()
+def encode_dataset(family: Family, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    return torch.cat([family.to_latents(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+
+# ----------------------------------------------------------------------------- transformer (teacher)
+def draw_batch(g: torch.Generator, n_data: int, batch: int, latent_shape: tuple[int, ...],
+               dropout: float = CAPTION_DROPOUT) -> dict:
+    """One global batch's randomness: data indices, noise, noise levels, which prompts are dropped."""
+    return {"idx": torch.randint(n_data, (batch,), generator=g), "noise": torch.randn(batch, *latent_shape, generator=g),
+            "sigma": training_sigmas(batch, g), "drop": torch.rand(batch, generator=g) < dropout}
+
+
+def flow_loss(family: Family, transformer, latents: torch.Tensor, prompts: list[str], noise: torch.Tensor,
+              sigma: torch.Tensor) -> torch.Tensor:
+    """Rectified flow: ||v(x_sigma, sigma, prompt) - (noise - x0)||^2, mean over the batch."""
+    v = family.velocity(transformer, noised(latents, noise, sigma), sigma, family.encode(prompts))
+    return F.mse_loss(v, noise - latents)
+
+
+def teacher_params(family: Family, train_text: bool = True) -> list[torch.nn.Parameter]:
+    mods = [family.transformer] + ([family.text_encoder, family.text_encoder_2] if train_text else [])
+    return [p for m in mods for p in m.parameters() if p.requires_grad]
+
+
+def teacher_step(family: Family, latents: torch.Tensor, prompts: list[str], batch: dict, params, opt,
+                 ctx: Dist = SINGLE) -> float:
+    idx = batch["idx"].tolist()
+    ps = ["" if d else prompts[i] for i, d in zip(idx, batch["drop"].tolist())]
+    loss = flow_loss(family, family.transformer, ctx.shard(latents[batch["idx"]]), ctx.shard(ps),
+                     ctx.shard(batch["noise"]), ctx.shard(batch["sigma"]))
+    return optimizer_step(loss, params, opt, ctx)
+
+
+def train_teacher(family: Family, latents: torch.Tensor, prompts: list[str], steps: int, batch: int = 32,
+                  lr: float = 3e-4, seed: int = 0, ctx: Dist = SINGLE, train_text: bool = True,
+                  log: Log | None = None, warmup: int = 100) -> list[float]:
+    """Train the transformer (and the text encoders) on precomputed latents; returns per-step losses."""
+    for m in (family.transformer, family.text_encoder, family.text_encoder_2):
+        m.train()
+    params = teacher_params(family, train_text)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)))
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        b = draw_batch(g, len(latents), batch, tuple(latents.shape[1:]))
+        losses.append(teacher_step(family, latents, prompts, b, params, opt, ctx))
+        sched.step()
+        if log:
+            log(step, {"teacher_loss": losses[-1]})
+    for m in (family.transformer, family.text_encoder, family.text_encoder_2):
+        m.eval()
+    return losses
+
+
+def smoothed(losses: list[float], k: int = 10) -> np.ndarray:
+    return np.convolve(np.asarray(losses), np.ones(k) / k, mode="valid")
