@@ -1,0 +1,134 @@
+"""Latency of a loaded ``FlashPipeline`` (any backend): each component's session, the encode phase, end to end
+for 1, 2 and 4 steps, and the teacher setting (40 steps, CFG 4.5) on the same sessions.
+
+Only the public API is used: ``pipe.sessions[name].run(feeds)``, ``pipe.encode/denoise/decode/generate``,
+and a ``FlashPipeline`` rebuilt over the same sessions with another sampler (``SamplerConfig.from_shift``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from ..pipeline import FlashPipeline
+from ..sampler import SamplerConfig, gaussian_noise, shift_sigmas
+from .measure import summarize, time_runs
+
+E2E_STEPS = (1, 2, 4)
+TEACHER_STEPS, TEACHER_GUIDANCE = 40, 4.5  # SD3.5-Medium's recommended setting, the paper's baseline
+DEFAULT_SHIFT = 3.0  # SD3's scheduler shift, for bundles made with explicit sigmas (no shift recorded)
+Say = Callable[[str], None]
+
+
+def with_steps(pipe: FlashPipeline, steps: int) -> FlashPipeline:
+    """The same sessions with an ``steps``-step sampler from the bundle's shift (its own schedule when the
+    step count is the bundle's)."""
+    s = pipe.spec.sampler
+    if steps == s.steps:
+        return pipe
+    config = SamplerConfig.from_shift(steps, s.shift if s.shift is not None else DEFAULT_SHIFT, rule=s.rule,
+                                      timestep_scale=s.timestep_scale, guidance_scale=s.guidance_scale)
+    return FlashPipeline(replace(pipe.spec, sampler=config), pipe.sessions, pipe.tokenizers, pipe.info)
+
+
+def component_feeds(pipe: FlashPipeline, prompt: str) -> dict[str, dict[str, np.ndarray]]:
+    """Real inputs for every component: the prompt's tokens, its conditioning, seeded noise."""
+    spec = pipe.spec
+    feeds = {c: {"input_ids": pipe.tokenizers[c](prompt)} for c in spec.text_encoders}
+    hidden, pooled = pipe.encode(prompt)
+    latent = gaussian_noise(0, spec.latent.shape)
+    feeds["transformer"] = {"latent": latent, "timestep": spec.sampler.timesteps[:1].copy(),
+                            "encoder_hidden_states": hidden, "pooled_projections": pooled}
+    feeds["vae_decoder"] = {"latent": latent}
+    return feeds
+
+
+def measure_components(pipe: FlashPipeline, prompt: str, repeats: int, say: Say) -> dict:
+    feeds = component_feeds(pipe, prompt)
+    out = {}
+    for name in pipe.spec.components:
+        say(f"  component {name}: {repeats} run(s)")
+        session = pipe.sessions[name]
+        out[name] = time_runs(lambda: session.run(feeds[name]), repeats)
+    out["encode"] = time_runs(lambda: pipe.encode(prompt), repeats)  # all text encoders + conditioning
+    return out
+
+
+def measure_e2e(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, steps=E2E_STEPS) -> dict:
+    """prompt -> image for each step count; per-phase seconds of every measured run are kept."""
+    out = {}
+    for n in sorted(set(steps) | {pipe.spec.sampler.steps}):
+        p = with_steps(pipe, n)
+        say(f"  end to end, {n} step(s): {repeats} run(s)")
+        phases = []
+
+        def run():
+            p.generate(prompt, seed=0)
+            phases.append(dict(p.timings))
+
+        out[str(n)] = time_runs(run, repeats)
+        out[str(n)]["phases"] = phases[1:]  # the first was the warm-up
+        out[str(n)]["sigmas"] = list(p.spec.sampler.sigmas)
+    return out
+
+
+def teacher_sigmas(steps: int = TEACHER_STEPS, shift: float = DEFAULT_SHIFT, train_steps: int = 1000) -> np.ndarray:
+    """The teacher's flow-matching schedule (``steps`` + 1 values ending in 0), the same grid as
+    ``flash_edge.sampler.flow_sigmas`` but past the few-step sampler's step limit."""
+    sigma_min = shift_sigmas(1.0 / train_steps, shift)  # the shifted training grid's smallest sigma
+    t = np.linspace(1.0, sigma_min, steps)
+    return np.append(shift_sigmas(t, shift), 0.0).astype(np.float32)
+
+
+def teacher_generate(pipe: FlashPipeline, prompt: str, seed: int = 0, steps: int = TEACHER_STEPS,
+                     guidance: float = TEACHER_GUIDANCE) -> np.ndarray:
+    """The teacher setting on ``pipe``'s own sessions: Euler flow steps with classifier-free guidance
+    (two transformer calls per step), the bundle's text encoders (T5 where the bundle has it)."""
+    spec = pipe.spec
+    cond, uncond = pipe.encode(prompt), pipe.encode("")
+    transformer = pipe.sessions["transformer"]
+    sigmas = teacher_sigmas(steps, spec.sampler.shift or DEFAULT_SHIFT)
+    x = gaussian_noise(seed, spec.latent.shape)
+    for i in range(steps):
+        t = np.array([sigmas[i] * spec.sampler.timestep_scale], dtype=np.float32)
+        v_c, v_u = (transformer.run({"latent": x, "timestep": t, "encoder_hidden_states": c[0],
+                                     "pooled_projections": c[1]})["velocity"] for c in (cond, uncond))
+        x = x + (sigmas[i + 1] - sigmas[i]) * (v_u + guidance * (v_c - v_u))
+    return pipe.decode(x)
+
+
+def measure_teacher(pipe: FlashPipeline, prompt: str, repeats: int, components: dict, student_e2e: float,
+                    mode: str, say: Say) -> dict:
+    """Teacher-setting time, measured (``mode="measure"``) and estimated from the component medians:
+    2 encodes + 2 x 40 transformer calls + 1 decode. ``speedup`` = teacher / student end to end."""
+    est = (2 * components["encode"]["median"] + 2 * TEACHER_STEPS * components["transformer"]["median"]
+           + components["vae_decoder"]["median"])
+    out = {"steps": TEACHER_STEPS, "guidance_scale": TEACHER_GUIDANCE, "t5": pipe.spec.text.t5 == "encoder",
+           "estimated_s": est, "measured": None}
+    if mode == "measure":
+        say(f"  teacher setting ({TEACHER_STEPS} steps, CFG {TEACHER_GUIDANCE}): {repeats} run(s)")
+        out["measured"] = time_runs(lambda: teacher_generate(pipe, prompt), repeats, warmup=0)
+    teacher_s = out["measured"]["median"] if out["measured"] else est
+    out.update(basis="measured" if out["measured"] else "estimated", teacher_s=teacher_s,
+               student_s=student_e2e, speedup=teacher_s / student_e2e)
+    return out
+
+
+def measure_pipeline(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, teacher: str = "measure") -> dict:
+    components = measure_components(pipe, prompt, repeats, say)
+    e2e = measure_e2e(pipe, prompt, repeats, say)
+    own = str(pipe.spec.sampler.steps)
+    text = sum(components[c]["median"] for c in pipe.spec.text_encoders)
+    return {"components": components, "text_encoders_s": text, "e2e": e2e, "bundle_steps": int(own),
+            "teacher": measure_teacher(pipe, prompt, repeats, components, e2e[own]["median"], teacher, say)}
+
+
+def time_call(fn: Callable[[], object]) -> tuple[object, dict]:
+    """One measured call (a cold load): its result and ``summarize`` of its single time."""
+    import time
+
+    t0 = time.perf_counter()
+    result = fn()
+    return result, summarize([time.perf_counter() - t0])

@@ -1,0 +1,73 @@
+"""flash-bench: latency, memory, size and quality of bundles against the PyTorch reference, with plots."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from .common import Progress, make_parser, positive_int, quiet_libraries, run
+
+PROG = "flash-bench"
+OUTPUTS = ("results.json", "results.md", "latency.png", "quality.png")
+
+
+def parser():
+    p = make_parser(PROG, "Measure bundles (any backend) against the fp32 PyTorch reference and diffusers, in one "
+                          "process: latency per component and end to end (1, 2, 4 steps, and the 40-step CFG "
+                          "teacher setting), peak memory per phase, size, quality (PSNR/SSIM) and FLOP/s. Writes "
+                          + ", ".join(OUTPUTS) + " into --out.",
+                    "flash-bench --bundle bundles/tiny-torch --bundle bundles/tiny-onnx --out bench/ --repeats 5")
+    p.add_argument("--bundle", action="append", required=True, help="a bundle directory (repeat for several)")
+    p.add_argument("--out", required=True, help="directory for the results (created; files in it are replaced)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="measured runs per timing after one warm-up "
+                   "(default 3)")
+    p.add_argument("--height", type=positive_int, help="expected image height: every bundle must have it")
+    p.add_argument("--width", type=positive_int, help="expected image width: every bundle must have it")
+    p.add_argument("--backend", default="auto", help="backend for every bundle: auto (default) or a registered one")
+    p.add_argument("--model", help="the bundles' source model ('tiny' or a diffusers folder), when the path in "
+                   "their manifest is not on this machine")
+    p.add_argument("--teacher", choices=("measure", "estimate"), default="measure",
+                   help="run the 40-step CFG teacher setting, or estimate it from component times (default measure)")
+    p.add_argument("--no-diffusers", dest="diffusers", action="store_false",
+                   help="skip the diffusers StableDiffusion3Pipeline baseline")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the fresh-process cold-load and peak-memory probe")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+
+    def body():
+        from ..errors import InvalidInput
+
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise InvalidInput(f"--out {out} exists and is not a directory")
+        if args.repeats < 1:
+            raise InvalidInput(f"--repeats must be at least 1, got {args.repeats}")
+        quiet_libraries()
+        from ..bench.plots import latency_plot, quality_plot
+        from ..bench.report import write_json, write_markdown
+        from ..bench.runner import Options, run_bench
+
+        say = Progress(not args.quiet)
+        opts = Options(bundles=args.bundle, repeats=args.repeats, height=args.height, width=args.width,
+                       backend=args.backend, model=args.model, teacher=args.teacher, diffusers=args.diffusers,
+                       memory=args.memory, command=shlex.join([PROG, *argv]))
+        results = run_bench(opts, say)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(results, out / "results.json")
+        write_markdown(results, out / "results.md")
+        latency_plot(results, out / "latency.png")
+        quality_plot(results, out / "quality.png")
+        say(f"wrote {', '.join(str(out / n) for n in OUTPUTS)}")
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
