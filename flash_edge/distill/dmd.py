@@ -103,6 +103,8 @@ def make_state(student, teacher, sigmas: torch.Tensor, config: DMDConfig | None 
                               betas=(0.0, 0.99))
     opt_f = torch.optim.AdamW([p for p in fake.parameters() if p.requires_grad] + list(disc.parameters()), lr=lr_fake,
                               weight_decay=0.0, betas=(0.0, 0.99))
+    disc.to(next(fake.parameters()).device)
+    sigmas = sigmas.to(next(student.parameters()).device)
     return DMDState(student.train(), teacher, fake, disc, sigmas, config, opt_s, opt_f)
 
 
@@ -171,7 +173,7 @@ def fake_loss(family: Family, state: DMDState, x0_gen: torch.Tensor, real: torch
 def dmd_step(family: Family, state: DMDState, prompts: list[str], real_latents: torch.Tensor, b: dict,
              ctx: Dist = SINGLE) -> dict:
     """One generator update, then ``fake_updates`` fake-model + heads updates on the new outputs."""
-    b = {k: ctx.shard(v) for k, v in b.items()}
+    b = {k: ctx.shard(v).to(real_latents.device) for k, v in b.items()}
     ps = [prompts[i] for i in b["idx"].tolist()]
     with torch.no_grad():
         cond, uncond = family.encode(ps), family.encode([""] * len(ps))

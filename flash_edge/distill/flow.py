@@ -84,7 +84,8 @@ def generate(family, transformer, prompts: list[str], seeds: list[int], steps: i
         ps, ss = prompts[i:i + batch], seeds[i:i + batch]
         cond = family.encode(ps)
         uncond = family.encode([""] * len(ps)) if guidance > 1.0 else None
-        x = euler(model_velocity(family, transformer, cond, uncond, guidance), initial_noise(ss, (c, n, n)), sigmas)
+        x0 = initial_noise(ss, (c, n, n)).to(family.device)
+        x = euler(model_velocity(family, transformer, cond, uncond, guidance), x0, sigmas.to(family.device))
         img = family.to_images(x)
-        out.append((img.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+        out.append((img.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
     return np.concatenate(out)

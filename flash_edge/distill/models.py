@@ -130,6 +130,15 @@ class Family:
                    CLIPTextModelWithProjection.from_pretrained(d / "text_encoder_2"),
                    CLIPTokenizer.from_pretrained(d / "tokenizer"), CLIPTokenizer.from_pretrained(d / "tokenizer_2"))
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, device) -> "Family":
+        for m in (self.transformer, self.vae, self.text_encoder, self.text_encoder_2):
+            m.to(device)
+        return self
+
     # ------------------------------------------------------------------ conditioning
     def token_ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         out = []
@@ -144,8 +153,9 @@ class Family:
         """prompts -> (encoder_hidden_states (B, 77 + t5_tokens, joint_dim), pooled (B, pooled_dim)), with grad
         if the text encoders are trainable."""
         ids_l, ids_g = self.token_ids(prompts)
-        ol = self.text_encoder(ids_l, output_hidden_states=True)
-        og = self.text_encoder_2(ids_g, output_hidden_states=True)
+        dev = next(self.text_encoder.parameters()).device
+        ol = self.text_encoder(ids_l.to(dev), output_hidden_states=True)
+        og = self.text_encoder_2(ids_g.to(dev), output_hidden_states=True)
         clip = torch.cat([ol.hidden_states[-2], og.hidden_states[-2]], dim=-1)
         joint = self.transformer.config.joint_attention_dim
         clip = torch.nn.functional.pad(clip, (0, joint - clip.shape[-1]))

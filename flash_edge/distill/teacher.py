@@ -23,10 +23,15 @@ CAPTION_DROPOUT = 0.1  # share of prompts replaced by "" so the teacher learns t
 
 
 # ----------------------------------------------------------------------------- VAE
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) pictures (how the training set is kept in memory) -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
+
+
 def vae_loss(family: Family, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Reconstruction (MSE + L1 on [-1, 1] pixels) through a sampled latent, plus a small KL term."""
     post = family.vae.encode(images).latent_dist
-    z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator)
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(post.mean.device)
     rec = family.vae.decode(z).sample
     kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
     return F.mse_loss(rec, images) + 0.5 * F.l1_loss(rec, images) + KL_WEIGHT * kl
@@ -34,7 +39,7 @@ def vae_loss(family: Family, images: torch.Tensor, generator: torch.Generator | 
 
 def train_vae(family: Family, images: torch.Tensor, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
               ctx: Dist = SINGLE, log: Log | None = None) -> list[float]:
-    """Train the VAE on ``images`` (N, 3, H, W) in [-1, 1]; returns the per-step (global) losses."""
+    """Train the VAE on ``images`` (N, 3, H, W), uint8 or float in [-1, 1]; returns the per-step (global) losses."""
     vae = family.vae.train()
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -43,7 +48,7 @@ def train_vae(family: Family, images: torch.Tensor, steps: int, batch: int = 32,
     for step in range(steps):
         idx = torch.randint(len(images), (batch,), generator=g)
         noise_g = torch.Generator().manual_seed(seed * 1_000_003 + step * 7 + ctx.rank)
-        loss = vae_loss(family, ctx.shard(images[idx]), noise_g)
+        loss = vae_loss(family, as_float(ctx.shard(images[idx])).to(family.device), noise_g)
         losses.append(optimizer_step(loss, params, opt, ctx))
         if log:
             log(step, {"vae_loss": losses[-1]})
@@ -56,7 +61,8 @@ def fit_latent_scaling(family: Family, images: torch.Tensor) -> tuple[float, flo
     """SD3's latent normalisation from data: shift_factor = mean, scaling_factor = 1 / std (of the VAE's
     unscaled latents); written into the VAE config, returned as (scaling, shift)."""
     family.vae.register_to_config(scaling_factor=1.0, shift_factor=0.0)
-    z = torch.cat([family.vae.encode(images[i:i + 64]).latent_dist.mode() for i in range(0, len(images), 64)])
+    z = torch.cat([family.vae.encode(as_float(images[i:i + 64]).to(family.device)).latent_dist.mode()
+                   for i in range(0, len(images), 64)])
     shift, scale = float(z.mean()), float(1.0 / z.std())
     family.vae.register_to_config(scaling_factor=scale, shift_factor=shift)
     return scale, shift
@@ -64,7 +70,8 @@ def fit_latent_scaling(family: Family, images: torch.Tensor) -> tuple[float, flo
 
 @torch.no_grad()
 def encode_dataset(family: Family, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    return torch.cat([family.to_latents(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+    return torch.cat([family.to_latents(as_float(images[i:i + chunk]).to(family.device))
+                      for i in range(0, len(images), chunk)])
 
 
 # ----------------------------------------------------------------------------- transformer (teacher)
@@ -91,28 +98,43 @@ def teacher_step(family: Family, latents: torch.Tensor, prompts: list[str], batc
                  ctx: Dist = SINGLE) -> float:
     idx = batch["idx"].tolist()
     ps = ["" if d else prompts[i] for i, d in zip(idx, batch["drop"].tolist())]
-    loss = flow_loss(family, family.transformer, ctx.shard(latents[batch["idx"]]), ctx.shard(ps),
-                     ctx.shard(batch["noise"]), ctx.shard(batch["sigma"]))
+    dev = latents.device
+    loss = flow_loss(family, family.transformer, ctx.shard(latents[batch["idx"].to(dev)]), ctx.shard(ps),
+                     ctx.shard(batch["noise"]).to(dev), ctx.shard(batch["sigma"]).to(dev))
     return optimizer_step(loss, params, opt, ctx)
 
 
 def train_teacher(family: Family, latents: torch.Tensor, prompts: list[str], steps: int, batch: int = 32,
                   lr: float = 3e-4, seed: int = 0, ctx: Dist = SINGLE, train_text: bool = True,
-                  log: Log | None = None, warmup: int = 100) -> list[float]:
-    """Train the transformer (and the text encoders) on precomputed latents; returns per-step losses."""
+                  log: Log | None = None, warmup: int = 100, resume: dict | None = None,
+                  checkpoint: Callable[[dict], None] | None = None, every: int = 500) -> list[float]:
+    """Train the transformer (and the text encoders) on precomputed latents; returns per-step losses.
+
+    ``checkpoint(state)`` is called every ``every`` steps and at the end with the loop's state (step,
+    optimizer, schedule, generator); pass such a state back as ``resume`` to continue where it stopped."""
     for m in (family.transformer, family.text_encoder, family.text_encoder_2):
         m.train()
     params = teacher_params(family, train_text)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)))
     g = torch.Generator().manual_seed(seed)
+    start = 0
+    if resume:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["schedule"])
+        g.set_state(resume["generator"])
+        start = int(resume["step"])
+    state = lambda step: {"step": step, "optimizer": opt.state_dict(), "schedule": sched.state_dict(),  # noqa: E731
+                          "generator": g.get_state()}
     losses = []
-    for step in range(steps):
+    for step in range(start, steps):
         b = draw_batch(g, len(latents), batch, tuple(latents.shape[1:]))
         losses.append(teacher_step(family, latents, prompts, b, params, opt, ctx))
         sched.step()
         if log:
             log(step, {"teacher_loss": losses[-1]})
+        if checkpoint and ((step + 1) % every == 0 or step + 1 == steps):
+            checkpoint(state(step + 1))
     for m in (family.transformer, family.text_encoder, family.text_encoder_2):
         m.eval()
     return losses

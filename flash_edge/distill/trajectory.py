@@ -65,7 +65,9 @@ def trajectory_step(family: Family, student, points: torch.Tensor, prompts: list
     idx = ctx.shard(batch["idx"])
     with torch.no_grad():
         cond = family.encode([prompts[i] for i in idx.tolist()])
-    loss = trajectory_loss(family, student, points[idx], cond, ctx.shard(batch["step"]), student_sigmas)
+    dev = points.device
+    loss = trajectory_loss(family, student, points[idx.to(dev)], cond, ctx.shard(batch["step"]).to(dev),
+                           student_sigmas.to(dev))
     return optimizer_step(loss, params, opt, ctx)
 
 

@@ -1,0 +1,262 @@
+"""The one training command, stage by stage, resumable, single- or multi-process.
+
+    python -m flash_edge.distill train --out out/distill --seed 0
+    torchrun --nproc_per_node 2 -m flash_edge.distill train --out out/distill --seed 0   # same, 2 processes
+
+Stages (``--stages``, default all, in this order; a stage whose output folder exists is loaded, not redone):
+``vae`` -> ``vae/``; ``teacher`` -> ``teacher/`` (+ ``teacher/train_state.pt``: an interrupted run resumes);
+``pairs`` -> ``pairs-{k}step.pt``; ``trajectory`` -> ``student-{k}step-trajectory/``; ``dmd`` ->
+``student-{k}step-dmd[-random]/``; ``split`` -> ``student-{k}step-split/`` (+ ``split.json``: the merge ratio
+chosen on mini-GenEval). Every folder is a diffusers folder the SDK loads. Losses go to ``log.jsonl``.
+
+    python -m flash_edge.distill eval --model out/distill/teacher --steps 40 --guidance 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+STAGES = ("vae", "teacher", "pairs", "trajectory", "dmd", "split")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m flash_edge.distill", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the teacher and distil the students")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--stages", default=",".join(STAGES))
+    t.add_argument("--preset", choices=("default", "test"), default="default", help="'test': the smallest family")
+    t.add_argument("--size", type=int, default=64)
+    t.add_argument("--student-steps", type=int, default=4)
+    t.add_argument("--train-images", type=int, default=20000)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--vae-steps", type=int, default=3000)
+    t.add_argument("--teacher-steps", type=int, default=30000)
+    t.add_argument("--teacher-lr", type=float, default=3e-4)
+    t.add_argument("--pairs", type=int, default=4096)
+    t.add_argument("--teacher-guidance", type=float, default=4.0)
+    t.add_argument("--substeps", type=int, default=10, help="teacher Euler steps per student step for ODE pairs")
+    t.add_argument("--trajectory-iters", type=int, default=3000)
+    t.add_argument("--dmd-iters", type=int, default=2000)
+    t.add_argument("--no-timestep-sharing", action="store_true", help="DMD at random timesteps (the ablation)")
+    t.add_argument("--adv-weight", type=float, default=0.1)
+    t.add_argument("--split-iters", type=int, default=500)
+    t.add_argument("--merge-ratios", default="0,0.3,0.5,0.7,1")
+    t.add_argument("--eval-n", type=int, default=200)
+    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    e = sub.add_parser("eval", help="mini-GenEval of a trained folder")
+    e.add_argument("--model", type=Path, required=True)
+    e.add_argument("--steps", type=int, default=4)
+    e.add_argument("--guidance", type=float, default=1.0)
+    e.add_argument("--n", type=int, default=200)
+    e.add_argument("--grid", type=Path, default=None, help="also save the first 16 pictures as a PNG grid")
+    return ap
+
+
+class Run:
+    def __init__(self, args, ctx):
+        self.a, self.ctx, self.out = args, ctx, args.out
+        self.t0 = time.time()
+        if ctx.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+    def log(self, stage: str):
+        def _log(step, values):
+            if self.ctx.main and (step % 50 == 0 or step < 5):
+                rec = {"stage": stage, "step": step, "time": round(time.time() - self.t0, 1),
+                       **{k: v for k, v in values.items() if isinstance(v, (int, float))}}
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(json.dumps(rec), flush=True)
+        return _log
+
+    def barrier(self):
+        if self.ctx.active:
+            torch.distributed.barrier()
+
+    def save(self, family, name: str, transformer=None) -> None:
+        if self.ctx.main:
+            tmp = self.out / f".{name}.partial"
+            family.save(tmp, transformer)
+            state = self.out / name / "train_state.pt"
+            if state.exists():
+                state.replace(tmp / "train_state.pt")
+            import shutil
+            shutil.rmtree(self.out / name, ignore_errors=True)
+            tmp.replace(self.out / name)
+        self.barrier()
+
+
+def train(a) -> int:
+    from .dataset import ShapesDataset
+    from .distributed import Dist
+    from .evaluate import evaluate
+    from .flow import schedule
+    from .models import Family, FamilyConfig, tiny_test_config
+    from . import dmd, split, teacher, trajectory
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    ctx = Dist.from_env(a.device)
+    run = Run(a, ctx)
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        print(f"error: unknown stage(s) {bad}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    torch.manual_seed(a.seed)
+    cfg = tiny_test_config(a.size) if a.preset == "test" else FamilyConfig(size=a.size)
+    ds = ShapesDataset(a.train_images, seed=a.seed, size=a.size)
+    images, prompts = ds.arrays()
+    images = torch.from_numpy(((images + 1.0) * 127.5).round().clip(0, 255).astype("uint8"))
+    out = run.out
+
+    # ------------------------------------------------------------ vae
+    if (out / "vae" / "family.json").exists():
+        family = Family.load(out / "vae")
+    else:
+        family = Family.build(cfg, seed=a.seed).to(ctx.device)
+        ctx.broadcast(family.vae, family.transformer, family.text_encoder, family.text_encoder_2)
+        if "vae" not in stages:
+            print("error: no trained VAE under --out; run the 'vae' stage", file=sys.stderr)
+            return 2
+        teacher.train_vae(family, images, a.vae_steps, a.batch, seed=a.seed, ctx=ctx, log=run.log("vae"))
+        teacher.fit_latent_scaling(family, images)
+        run.save(family, "vae")
+    family.to(ctx.device)
+    for p in family.vae.parameters():
+        p.requires_grad_(False)
+    latents = teacher.encode_dataset(family, images)
+
+    # ------------------------------------------------------------ teacher
+    tdir = out / "teacher"
+    state_file = tdir / "train_state.pt"
+    done = (tdir / "family.json").exists() and (
+        not state_file.exists() or torch.load(state_file, weights_only=False)["step"] >= a.teacher_steps)
+    if "teacher" in stages and not done:
+        resume = None
+        if state_file.exists():
+            family = Family.load(tdir).to(ctx.device)
+            resume = torch.load(state_file, weights_only=False)
+
+        def checkpoint(state):
+            run.save(family, "teacher")
+            if ctx.main:
+                torch.save(state, state_file)
+
+        teacher.train_teacher(family, latents, prompts, a.teacher_steps, a.batch, a.teacher_lr, a.seed, ctx,
+                              log=run.log("teacher"), resume=resume, checkpoint=checkpoint, every=a.save_every)
+    if not (tdir / "family.json").exists():
+        print("error: no trained teacher under --out; run the 'teacher' stage", file=sys.stderr)
+        return 2
+    family = Family.load(tdir).to(ctx.device)
+    for m in (family.text_encoder, family.text_encoder_2, family.transformer):
+        for p in m.parameters():
+            p.requires_grad_(False)
+    k = a.student_steps
+    sigmas = schedule(k, cfg.shift)
+
+    # ------------------------------------------------------------ ODE pairs
+    pfile = out / f"pairs-{k}step.pt"
+    if "pairs" in stages and not pfile.exists():
+        if ctx.main:
+            g = torch.Generator().manual_seed(a.seed + 1)
+            pprompts = [prompts[int(i)] for i in torch.randint(len(prompts), (a.pairs,), generator=g)]
+            noise = torch.randn(a.pairs, 16, cfg.latent_size, cfg.latent_size, generator=g).to(ctx.device)
+            pts = trajectory.make_ode_pairs(family, family.transformer, pprompts, noise, sigmas.to(ctx.device),
+                                            a.teacher_guidance, a.substeps)
+            torch.save({"points": pts.cpu(), "prompts": pprompts, "sigmas": sigmas}, pfile)
+        run.barrier()
+    if not pfile.exists():
+        return 0
+    pairs = torch.load(pfile, weights_only=False)
+    points, pprompts = pairs["points"].to(ctx.device), pairs["prompts"]
+
+    def student_from(name):
+        return Family.load(out / name).transformer.to(ctx.device)
+
+    # ------------------------------------------------------------ stage 1
+    s1 = f"student-{k}step-trajectory"
+    if "trajectory" in stages and not (out / s1).exists():
+        student = copy.deepcopy(family.transformer)
+        for p in student.parameters():
+            p.requires_grad_(True)
+        trajectory.train_trajectory(family, student, points, pprompts, sigmas, a.trajectory_iters, a.batch,
+                                    seed=a.seed, ctx=ctx, log=run.log("trajectory"))
+        run.save(family, s1, student)
+    # ------------------------------------------------------------ stage 2
+    s2 = f"student-{k}step-dmd" + ("-random" if a.no_timestep_sharing else "")
+    if "dmd" in stages and (out / s1).exists() and not (out / s2).exists():
+        student = student_from(s1)
+        state = dmd.make_state(student, family.transformer, sigmas,
+                               dmd.DMDConfig(share_timesteps=not a.no_timestep_sharing, guidance=a.teacher_guidance,
+                                             adv_weight=a.adv_weight))
+        dmd.train_dmd(family, state, pprompts, points[:, -1], a.dmd_iters, a.batch, a.seed, ctx, log=run.log("dmd"))
+        run.save(family, s2, state.student)
+    # ------------------------------------------------------------ stage 3
+    s3 = f"student-{k}step-split"
+    if "split" in stages and (out / s2).exists() and not (out / s3).exists():
+        student = student_from(s2)
+        for p in student.parameters():
+            p.requires_grad_(True)
+        g = torch.Generator().manual_seed(a.seed + 3)
+
+        def loss_fn(model, steps, it):
+            b = trajectory.draw_steps(g, a.batch, len(points), steps)
+            idx = ctx.shard(b["idx"])
+            with torch.no_grad():
+                cond = family.encode([pprompts[i] for i in idx.tolist()])
+            return trajectory.trajectory_loss(family, model, points[idx.to(points.device)], cond,
+                                              ctx.shard(b["step"]).to(points.device), sigmas.to(points.device))
+
+        low, high = split.split_finetune(student, sigmas, loss_fn, a.split_iters, ctx=ctx, log=run.log("split"))
+        ratios = [float(r) for r in a.merge_ratios.split(",")]
+        best, scores = split.choose_ratio(low, high, ratios,
+                                          lambda m: evaluate(family, m, k, n=a.eval_n)[0].overall)
+        run.save(family, s3, split.merge(low, high, best))
+        if ctx.main:
+            (out / "split.json").write_text(json.dumps({"ratio": best, "scores": scores}, indent=1) + "\n")
+    return 0
+
+
+def evaluate_cmd(a) -> int:
+    from .evaluate import evaluate
+    from .models import Family
+
+    family = Family.load(a.model)
+    s, images, prompts = evaluate(family, family.transformer, a.steps, a.guidance, a.n)
+    print(json.dumps({"model": str(a.model), "steps": a.steps, "guidance": a.guidance, **s.as_dict()}))
+    if a.grid:
+        import numpy as np
+        from PIL import Image
+
+        k = min(16, len(images))
+        rows = [np.concatenate(list(images[r * 4:r * 4 + 4]), axis=1) for r in range(k // 4)]
+        Image.fromarray(np.concatenate(rows, axis=0)).save(a.grid)
+    return 0
+
+
+def _quiet() -> None:
+    """No per-file progress bars or save notices from diffusers/transformers in the training log."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    _quiet()
+    return train(a) if a.command == "train" else evaluate_cmd(a)

@@ -1,0 +1,49 @@
+"""The training command end to end on the smallest family (a few iterations per stage; CI never retrains)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from flash_edge.distill.cli import main
+
+SMALL = ["--preset", "test", "--size", "32", "--train-images", "32", "--batch", "4", "--vae-steps", "2",
+         "--teacher-steps", "2", "--save-every", "1", "--pairs", "8", "--substeps", "2", "--trajectory-iters", "2",
+         "--dmd-iters", "2", "--split-iters", "1", "--merge-ratios", "0.3,0.7", "--eval-n", "4", "--threads", "1"]
+
+
+def test_every_stage_writes_a_folder_the_sdk_loads(tmp_path, capsys):
+    from flash_edge.models import load_model
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--seed", "0", *SMALL]) == 0
+    for name in ("vae", "teacher", "student-4step-trajectory", "student-4step-dmd", "student-4step-split"):
+        model = load_model(out / name)
+        assert list(model.transformer.config.dual_attention_layers) == [0] and model.vae.config.latent_channels == 16
+    assert torch.load(out / "teacher" / "train_state.pt", weights_only=False)["step"] == 2
+    split = json.loads((out / "split.json").read_text())
+    assert split["ratio"] in (0.3, 0.7) and set(split["scores"]) == {"0.3", "0.7"}
+    stages = {json.loads(line)["stage"] for line in (out / "log.jsonl").read_text().splitlines()}
+    assert stages == {"vae", "teacher", "trajectory", "dmd", "split"}
+
+    # resuming: more teacher steps continue from the saved state (steps 2 and 3 only); later stages are kept
+    assert main(["train", "--out", str(out), "--seed", "0", *SMALL, "--teacher-steps", "4", "--stages", "teacher"]) == 0
+    assert torch.load(out / "teacher" / "train_state.pt", weights_only=False)["step"] == 4
+    teacher_steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
+                     if json.loads(line)["stage"] == "teacher"]
+    assert teacher_steps == [0, 1, 2, 3]
+
+    # the random-timestep ablation gets its own folder
+    assert main(["train", "--out", str(out), "--seed", "0", *SMALL, "--stages", "dmd", "--no-timestep-sharing"]) == 0
+    assert (out / "student-4step-dmd-random" / "model_index.json").is_file()
+
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out / "teacher"), "--steps", "2", "--n", "4"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 4 and 0.0 <= res["overall"] <= 1.0
+
+
+def test_unknown_stage_is_exit_2(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--stages", "teacher,magic", *SMALL]) == 2
+    assert "unknown stage" in capsys.readouterr().err
