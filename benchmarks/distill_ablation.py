@@ -1,0 +1,92 @@
+"""The distillation results table: mini-GenEval of the teacher and the students, and what timestep sharing
+and the split merge do to it.
+
+    python benchmarks/distill_ablation.py --run out/distill [--n 200] [--guidance 4]
+
+Reads the folders ``python -m flash_edge.distill train`` wrote under ``--run`` (teacher, and for each student
+step count k the stages ``student-{k}step-trajectory``, ``-dmd``, ``-dmd-random``, ``-split``; missing ones
+are listed as missing, not guessed) and scores each on the same held-out prompts and seeds. Writes
+``benchmarks/results/distill-ablation.{json,md}`` (with this command line) and a prompts x models grid PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GRID_PROMPTS = ["a red circle on the left", "a blue square above a yellow triangle", "two green diamonds",
+                "an orange triangle to the right of a purple circle", "a yellow square in the center",
+                "three blue circles"]
+STUDENT_STAGES = (("trajectory", "stage 1 only"), ("dmd-random", "+ DMD, random timesteps"),
+                  ("dmd", "+ DMD, timestep sharing"), ("split", "+ split-timestep merge"))
+
+
+def rows_for(run: Path, guidance: float) -> list[dict]:
+    """What to score: (label, folder, steps, guidance)."""
+    rows = [dict(model="teacher", variant=f"40 steps, CFG {guidance:g}", folder="teacher", steps=40, guidance=guidance),
+            dict(model="teacher", variant=f"4 steps, CFG {guidance:g}", folder="teacher", steps=4, guidance=guidance),
+            dict(model="teacher", variant=f"2 steps, CFG {guidance:g}", folder="teacher", steps=2, guidance=guidance)]
+    for k in (4, 2):
+        for stage, label in STUDENT_STAGES:
+            rows.append(dict(model=f"student {k}-step", variant=label, folder=f"student-{k}step-{stage}", steps=k,
+                             guidance=1.0))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args(argv)
+
+    from flash_edge.distill.cli import _quiet
+    from flash_edge.distill.evaluate import evaluate
+    from flash_edge.distill.flow import generate
+    from flash_edge.distill.models import Family
+
+    _quiet()
+    results, grid_rows, loaded = [], [], {}
+    for row in rows_for(a.run, a.guidance):
+        folder = a.run / row["folder"]
+        if not (folder / "family.json").is_file():
+            results.append({**row, "missing": True})
+            continue
+        if row["folder"] not in loaded:
+            loaded[row["folder"]] = Family.load(folder)
+        fam = loaded[row["folder"]]
+        t0 = time.perf_counter()
+        s, _, _ = evaluate(fam, fam.transformer, row["steps"], row["guidance"], a.n)
+        results.append({**row, **s.as_dict(), "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(results[-1]), flush=True)
+        grid_rows.append(generate(fam, fam.transformer, GRID_PROMPTS, list(range(len(GRID_PROMPTS))), row["steps"],
+                                  row["guidance"]))
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/distill_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    (a.out / "distill-ablation.json").write_text(json.dumps({"command": command, "rows": results}, indent=1) + "\n")
+    cats = ("overall", "colour", "shape", "position", "count", "two-object")
+    lines = [f"Command: `{command}` (mini-GenEval, {a.n} held-out prompts, seeds 0..{a.n - 1})", "",
+             "| model | variant | steps | " + " | ".join(cats) + " |", "|---|---|---|" + "---|" * len(cats)]
+    for r in results:
+        vals = ["missing"] * len(cats) if r.get("missing") else [f"{r.get(c, float('nan')):.3f}" for c in cats]
+        lines.append(f"| {r['model']} | {r['variant']} | {r['steps']} | " + " | ".join(vals) + " |")
+    (a.out / "distill-ablation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if grid_rows:
+        from PIL import Image
+
+        Image.fromarray(np.concatenate([np.concatenate(list(r), axis=1) for r in grid_rows], axis=0)).save(
+            a.out / "distill-grid.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
