@@ -10,9 +10,12 @@ from .base import Artifact, Exporter
 # target -> "module:class"; a new target adds one line here and one file beside this one.
 REGISTRY = {
     "torch": "flash_edge.export.torch:TorchExporter",
+    "executorch": "flash_edge.export.executorch:ExecuTorchExporter",
+    "coreml": "flash_edge.export.coreml:CoreMLExporter",
+    "onnx": "flash_edge.export.onnx:OnnxExporter",
 }
 # targets the SDK knows but whose exporter has not landed in this version
-PLANNED = ("onnx", "coreml", "executorch")
+PLANNED = ()
 
 
 def exporter_class(target: str) -> type[Exporter]:

@@ -14,6 +14,9 @@ from .device import Device, detect, preference
 # name -> "module:class"; a new target adds one line here and one file beside this one.
 REGISTRY = {
     "torch": "flash_edge.runtimes.torch:TorchBackend",
+    "executorch": "flash_edge.runtimes.executorch:ExecuTorchBackend",
+    "coreml": "flash_edge.runtimes.coreml:CoreMLBackend",
+    "onnx": "flash_edge.runtimes.onnx:OnnxBackend",
 }
 
 __all__ = ["Backend", "Session", "Device", "REGISTRY", "backend_class", "choose_backend", "detect"]

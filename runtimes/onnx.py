@@ -1,0 +1,153 @@
+"""The ONNX Runtime backend: one ``InferenceSession`` per component, numpy in and out. Never imports torch.
+
+Options (``FlashPipeline.from_bundle(path, backend="onnx", **options)``):
+
+- ``providers``: execution providers in order of preference, as a list or a comma-separated string; full
+  names (``CUDAExecutionProvider``) or short ones (``cuda``, ``coreml``, ``dml``/``directml``, ``cpu``).
+  Default: the installed ones among CUDA, CoreML, DirectML, then CPU. One that is not installed is an error
+  that lists those that are.
+- ``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
+- ``graph_optimization_level``: ``disable`` | ``basic`` | ``extended`` | ``all`` (default ``all``). The
+  bundle holds a portable, basic-optimized graph; the EP-specific fusions happen here, at load time.
+- ``io_binding``: bind inputs and outputs through an ``IOBinding`` (default: on when the first provider is
+  not the CPU one, where it saves ONNX Runtime's per-run output allocation and host copies).
+
+Other options (meant for other backends in a mixed pipeline) are ignored.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..errors import BackendUnavailable, BundleError, InvalidInput
+from .base import Backend, Session
+
+SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider",
+               "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
+               "tensorrt": "TensorrtExecutionProvider", "rocm": "ROCMExecutionProvider",
+               "openvino": "OpenVINOExecutionProvider", "qnn": "QNNExecutionProvider",
+               "xnnpack": "XnnpackExecutionProvider"}
+PREFERENCE = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider")
+LEVELS = ("disable", "basic", "extended", "all")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(requested=None) -> list[str]:
+    """The provider list to give ``InferenceSession``: ``requested`` checked against what is installed."""
+    available = available_providers()
+    if requested is None or requested == "auto":
+        return [p for p in PREFERENCE if p in available] or available
+    if isinstance(requested, str):
+        requested = [p for p in requested.split(",") if p.strip()]
+    names = []
+    for p in requested:
+        if not isinstance(p, str):
+            raise InvalidInput(f"providers must be names, got {p!r}")
+        full = SHORT_NAMES.get(p.strip().lower(), p.strip())
+        if full not in available:
+            raise BackendUnavailable(f"ONNX Runtime execution provider {p.strip()!r} is not installed here; "
+                                     f"available: {', '.join(available)}")
+        names.append(full)
+    if not names:
+        raise InvalidInput("providers is empty: name at least one execution provider")
+    return names
+
+
+def session_options(threads=None, graph_optimization_level="all"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    if threads is not None:
+        try:
+            threads = int(threads)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"threads must be a positive integer, got {threads!r}") from None
+        if threads < 1:
+            raise InvalidInput(f"threads must be a positive integer, got {threads}")
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    level = str(graph_optimization_level).lower()
+    if level not in LEVELS:
+        raise InvalidInput(f"graph_optimization_level must be one of {', '.join(LEVELS)}, "
+                           f"got {graph_optimization_level!r}")
+    so.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    return so
+
+
+def open_session(path: Path, providers: list[str], options, data_files=()):
+    """An ``InferenceSession`` over ``path``; a missing or unreadable file is a one-line ``BundleError``."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise BundleError(f"ONNX model {path} is missing")
+    for f in data_files:
+        if not Path(f).is_file():
+            raise BundleError(f"external data file {f} of ONNX model {path} is missing")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime's pybind errors (InvalidProtobuf, Fail, ...) share no base class
+        detail = " ".join(str(e).split())[:300]
+        raise BundleError(f"cannot load ONNX model {path} (truncated, corrupt, or its external data is "
+                          f"missing or short): {detail}") from None
+
+
+class OnnxSession(Session):
+    def __init__(self, spec, session, io_binding: bool = False):
+        super().__init__(spec)
+        self.session = session
+        self.input_names = spec.input_names
+        self.output_names = spec.output_names
+        model_inputs = [i.name for i in session.get_inputs()]
+        model_outputs = [o.name for o in session.get_outputs()]
+        if sorted(model_inputs) != sorted(self.input_names) or sorted(model_outputs) != sorted(self.output_names):
+            raise BundleError(f"ONNX model of {spec.name} has inputs {model_inputs} and outputs {model_outputs}; "
+                              f"the manifest says {self.input_names} -> {self.output_names}")
+        self.io_binding = io_binding
+        self.providers = session.get_providers()
+
+    def _run(self, inputs):
+        if not self.io_binding:
+            return self.session.run(self.output_names, dict(zip(self.input_names, inputs)))
+        binding = self.session.io_binding()
+        for name, array in zip(self.input_names, inputs):
+            binding.bind_cpu_input(name, array)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")  # the EP writes once into host memory ORT allocates
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+class OnnxBackend(Backend):
+    name = "onnx"
+    formats = ("onnx",)
+
+    @classmethod
+    def unavailable_reason(cls):
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu for CUDA)"
+        return None
+
+    def providers(self) -> list[str]:
+        return resolve_providers(self.options.get("providers"))
+
+    def open(self, root, component, entry):
+        root = Path(root)
+        providers = self.providers()
+        options = session_options(self.options.get("threads"), self.options.get("graph_optimization_level", "all"))
+        path = root / entry.path
+        data = [root / f for f in entry.files if root / f != path]
+        session = open_session(path, providers, options, data)
+        io_binding = self.options.get("io_binding")
+        if io_binding is None:
+            io_binding = providers[0] != "CPUExecutionProvider"
+        return OnnxSession(entry.spec(component), session, io_binding=bool(io_binding))
