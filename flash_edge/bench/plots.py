@@ -55,9 +55,12 @@ def _bars(ax, labels, series: dict, title: str) -> None:
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
     ax.set_xlabel("median ms (log scale)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3, which="both")
 
 
