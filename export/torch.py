@@ -29,8 +29,9 @@ class TorchExporter(Exporter):
         import torch
 
         source = module.model
-        if self.precision != "fp32":  # cast a copy: the fp32 module stays the parity reference
-            source = copy.deepcopy(source).to(getattr(torch, _DTYPES[self.precision]))
+        dtype = getattr(torch, _DTYPES[self.precision])
+        if module.dtype != dtype:  # cast a copy: the module stays the parity reference
+            source = copy.deepcopy(source).to(dtype)  # (already in that dtype: no copy, at 2.5B that is 5 GB)
         out = root / name
         source.save_pretrained(str(out), safe_serialization=True)
         lib = "diffusers" if type(source).__module__.startswith("diffusers") else "transformers"
