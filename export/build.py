@@ -31,8 +31,10 @@ def _write_tokenizers(model, spec, root: Path) -> None:
 def export_bundle(source: str | Path, target: str, out: str | Path, precision: str | None = None, *,
                   height: int | None = None, width: int | None = None, steps: int = 4, rule: str = "euler",
                   sigmas=None, t5: bool = False, t5_tokens: int = 256, force: bool = False,
-                  skip_parity: bool = False, progress: Progress | None = None, **target_options) -> Path:
-    """Export ``source`` (``"tiny"`` or a diffusers folder) to a ``target`` bundle at ``out``."""
+                  skip_parity: bool = False, progress: Progress | None = None, config=None,
+                  **target_options) -> Path:
+    """Export ``source`` (``"tiny"``, a diffusers folder or a single-file ``.safetensors`` checkpoint, whose
+    diffusers config folder is ``config``) to a ``target`` bundle at ``out``."""
     from ..components import build_wrappers
     from ..models import load_model
     from ..models.generation import generation_spec
@@ -43,7 +45,7 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     exporter = get_exporter(target, precision, **target_options)  # bad target/precision fail before any work
     out = check_output_path(out, force)
     say(f"loading model {source}")
-    model = load_model(source, t5=t5)
+    model = load_model(source, t5=t5, config=config)
     spec = generation_spec(model, height, width, steps=steps, rule=rule, sigmas=sigmas,
                            t5_tokens=t5_tokens)
     specs = spec.component_specs()

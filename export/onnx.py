@@ -24,7 +24,7 @@ from .onnx_passes import GRAPH_MARGIN, PROTOBUF_LIMIT, convert_fp16, data_name, 
     save, weight_bytes
 
 OPSET = 20
-QUANTIZED = ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer")  # + vae_decoder with --quantize-vae
+FLOAT_UNLESS_ASKED = ("vae_decoder",)  # int8 quantizes every other component (and benchmark blocks)
 OP_TYPES = {"vae_decoder": ("Conv", "MatMul", "Gemm")}  # int8 op types per component; default below
 DEFAULT_OP_TYPES = ("MatMul", "Gemm")
 CALIBRATION_BATCHES = 8  # qdq mode: seeded dummy feeds per component (min-max calibration)
@@ -116,11 +116,11 @@ class OnnxExporter(Exporter):
         return table.get(component, table.get("*", 60.0))
 
     def quantized(self, component: str) -> bool:
-        return self.precision == "int8" and (component in QUANTIZED or
-                                             (component == "vae_decoder" and self.options["quantize_vae"]))
+        return self.precision == "int8" and (component not in FLOAT_UNLESS_ASKED or self.options["quantize_vae"])
 
     def export_component(self, name, module, spec, root: Path) -> Artifact:
         root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
         out = root / name / "model.onnx"
         record: dict = {"opset": OPSET}
         with tempfile.TemporaryDirectory(prefix=f".{name}-onnx-", dir=root) as tmp:

@@ -92,7 +92,7 @@ def optimize_offline(src: Path, dst: Path, external: bool) -> dict:
 
 
 def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tuple[str, ...],
-                  calibration=None) -> dict:
+                  calibration=None, exclude: tuple[str, ...] = ()) -> dict:
     """Weights int8 per output channel. ``dynamic``: activations quantized at run time (no calibration);
     ``qdq``: static QuantizeLinear/DequantizeLinear pairs calibrated (min-max) on ``calibration`` feeds."""
     model = load(src)
@@ -102,7 +102,7 @@ def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tup
     del model
     try:
         with _quiet_root_logger():
-            _quantize(clean, dst, external, mode, op_types, calibration)
+            _quantize(clean, dst, external, mode, op_types, calibration, list(exclude))
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - a library failure becomes one line, nothing is written
@@ -117,13 +117,14 @@ def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tup
     return {"mode": mode, "weights": "int8 per-channel", "op_types": list(op_types), "ops": quantized}
 
 
-def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibration) -> None:
+def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibration, exclude) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, \
         quantize_static
 
     if mode == "dynamic":
         quantize_dynamic(src, dst, op_types_to_quantize=list(op_types), per_channel=True, weight_type=QuantType.QInt8,
-                         use_external_data_format=external, extra_options={"MatMulConstBOnly": True})
+                         use_external_data_format=external, nodes_to_exclude=exclude,
+                         extra_options={"MatMulConstBOnly": True})
     elif mode == "qdq":
         feeds = iter(list(calibration or []))
 
@@ -133,7 +134,8 @@ def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibra
 
         quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        use_external_data_format=external, extra_options={"MatMulConstBOnly": True})
+                        use_external_data_format=external, nodes_to_exclude=exclude,
+                        extra_options={"MatMulConstBOnly": True})
     else:
         raise ExportError(f"unknown int8 mode {mode!r}")
 

@@ -55,7 +55,8 @@ class FlashPipeline:
         return cls(spec, sessions, tokenizers, info={"model": model, "bundle": str(path), "backends": chosen})
 
     @classmethod
-    def from_model(cls, source: str | Path = "tiny", *, t5: bool = False, **spec_options) -> "FlashPipeline":
+    def from_model(cls, source: str | Path = "tiny", *, t5: bool = False, config=None,
+                   **spec_options) -> "FlashPipeline":
         """The PyTorch reference pipeline straight from a model (``"tiny"`` or a diffusers folder), no bundle.
 
         ``spec_options``: ``height``, ``width``, ``steps``, ``rule``, ``sigmas``, ``t5_tokens``, ``guidance_scale``.
@@ -63,7 +64,7 @@ class FlashPipeline:
         from .models import load_model
         from .models.generation import generation_spec
 
-        model = load_model(source, t5=t5)
+        model = load_model(source, t5=t5, config=config)
         return cls.reference(model, generation_spec(model, **spec_options))
 
     @classmethod

@@ -100,7 +100,9 @@ def test_single_file_image_equals_folder_and_diffusers_single_file(ckpt, tiny_di
                                    FlashPipeline.from_model(identity_dir, steps=2).spec)
     folder = FlashPipeline.from_model(identity_dir, steps=2)
     mine = ours.generate(PROMPT, seed=3)
-    np.testing.assert_array_equal(mine, folder.generate(PROMPT, seed=3))  # identical weights -> identical image
+    # identical weights (asserted bit-equal above) -> the same image up to float summation order: oneDNN's GEMMs
+    # depend on the weights' memory alignment, which differs between safetensors reads (measured 2.1e-6)
+    np.testing.assert_allclose(mine, folder.generate(PROMPT, seed=3), rtol=0, atol=1e-5)
     pipe = StableDiffusion3Pipeline.from_single_file(str(ckpt), config=str(tiny_dir), local_files_only=True,
                                                      torch_dtype=torch.float32, text_encoder_3=None, tokenizer_3=None)
     latents = torch.from_numpy(gaussian_noise(3, ours.spec.latent.shape))
@@ -233,13 +235,14 @@ def test_cli_exports_and_generates_from_a_single_file(tiny_dir, work, identity_d
     assert bundle.info["model"] == "tiny"
     np.testing.assert_array_equal(bundle.generate(PROMPT, seed=1),
                                   FlashPipeline.from_model(identity_dir, steps=2).generate(PROMPT, seed=1))
+    alone = write_single_file(tiny_dir, work / "cli-alone" / "x.safetensors")  # no configs beside it
+    code, err = run_cli(export_cli.main, "--target", "torch", "--model", alone, "--out", work / "c")
+    assert code == 2 and "--config DIR" in err and "Traceback" not in err and not (work / "c").exists()
     pngs = [work / "sf.png", work / "folder.png"]
-    for src, png in zip((f, identity_dir), pngs):
-        code, err = run_cli(generate_cli.main, "--model", src, "--prompt", PROMPT, "--out", png, "--quiet")
+    for argv, png in ((("--model", alone, "--config", repo), pngs[0]), (("--model", identity_dir), pngs[1])):
+        code, err = run_cli(generate_cli.main, *argv, "--prompt", PROMPT, "--out", png, "--quiet")
         assert code == 0, err
     from PIL import Image
 
-    assert np.array_equal(np.asarray(Image.open(pngs[0])), np.asarray(Image.open(pngs[1])))
-    alone = write_single_file(tiny_dir, work / "cli-alone" / "x.safetensors")
-    code, err = run_cli(export_cli.main, "--target", "torch", "--model", alone, "--out", work / "c")
-    assert code == 2 and "--config DIR" in err and "Traceback" not in err
+    a, b = (np.asarray(Image.open(p)).astype(int) for p in pngs)  # at most one 8-bit level apart (see above)
+    assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.99

@@ -14,7 +14,10 @@ def parser():
     p = make_parser(PROG, "Export an SD3-family model (default: the built-in 'tiny') to a bundle for one target.",
                     "flash-export --target onnx --model tiny --out bundles/tiny-onnx")
     p.add_argument("--target", required=True, help=f"artifact format: {', '.join(TARGETS)}")
-    p.add_argument("--model", default="tiny", help="'tiny' (built in) or a diffusers-format SD3 folder")
+    p.add_argument("--model", default="tiny", help="'tiny' (built in), a diffusers-format SD3 folder, or an SD3 "
+                   "single-file .safetensors checkpoint (original/ComfyUI layout)")
+    p.add_argument("--config", help="with a single-file --model: the diffusers folder with its configs, tokenizers and "
+                   "scheduler (default: the checkpoint's own folder)")
     p.add_argument("--out", required=True, help="bundle directory to write (must not exist, unless --force)")
     p.add_argument("--precision", help="per target: torch fp32|bf16|fp16 (more with each target)")
     p.add_argument("--steps", type=positive_int, default=4, help="sampler steps baked into the bundle (1-8, default 4)")
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
             from ..errors import InvalidInput
 
             raise InvalidInput(f"--steps {args.steps} disagrees with the {len(args.sigmas)} --sigmas given")
-        export_bundle(args.model, args.target, args.out, args.precision, height=args.height, width=args.width,
+        export_bundle(args.model, args.target, args.out, args.precision, config=args.config,
+                      height=args.height, width=args.width,
                       steps=args.steps, rule=args.rule, sigmas=args.sigmas, t5=args.t5, t5_tokens=args.t5_tokens,
                       force=args.force, skip_parity=args.skip_parity, progress=Progress(not args.quiet),
                       **target_options(args, args.target))

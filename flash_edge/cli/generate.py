@@ -15,7 +15,9 @@ def parser():
                     'flash-generate --bundle bundles/tiny-onnx --prompt "a red circle" --seed 0 --out red.png')
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", help="bundle directory written by flash-export")
-    src.add_argument("--model", help="'tiny' or a diffusers SD3 folder, run with the PyTorch reference")
+    src.add_argument("--model", help="'tiny', a diffusers SD3 folder or a single-file .safetensors checkpoint, run "
+                     "with the PyTorch reference")
+    p.add_argument("--config", help="with a single-file --model: its diffusers config folder (default: its own folder)")
     p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--seed", type=positive_int, default=0, help="noise seed (default 0)")
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
             raise InvalidInput("prompt is empty: describe the image to generate")
         if args.bundle and any(v is not None for v in (args.steps, args.height, args.width)):
             raise InvalidInput("--steps/--height/--width are fixed in a bundle; export another bundle to change them")
+        if args.bundle and args.config:
+            raise InvalidInput("--config applies to a single-file --model, not to --bundle")
         quiet_libraries()
         from ..image import save_png
         from ..pipeline import FlashPipeline
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
             say(f"loading model {args.model}")
             opts = {k: v for k, v in (("steps", args.steps), ("height", args.height), ("width", args.width))
                     if v is not None}
-            pipe = FlashPipeline.from_model(args.model, **opts)
+            pipe = FlashPipeline.from_model(args.model, config=args.config, **opts)
         image = pipe(args.prompt, seed=args.seed, on_step=lambda i, n: say(f"step {i}/{n}"))
         backends = sorted(set(pipe.info["backends"].values()))
         save_png(image, out, {"prompt": args.prompt, "seed": args.seed, "steps": pipe.spec.sampler.steps,

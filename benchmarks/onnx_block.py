@@ -1,0 +1,208 @@
+"""One SD3.5-Medium transformer block: PyTorch eager fp32 vs ONNX Runtime fp32 vs ONNX Runtime int8 (and the
+variants tried on the way), medians over repeats, one process, the same thread count for every backend.
+
+    nice -n 10 .venv/bin/python -m benchmarks.onnx_block --tokens 1024 --repeats 5
+    nice -n 10 .venv/bin/python -m benchmarks.onnx_block --tokens 4096 --repeats 3 --variants base
+    (results append to benchmarks/results/onnx-block.json; the .md table is written from it)
+
+Variants (each an ONNX file exported by the same ``OnnxExporter`` that writes bundles, plus one change):
+  base          fp32 and int8 (dynamic, per-channel) as bundles get them
+  mha           + ONNX Runtime's transformer optimizer (model_type "mmdit"): attention fused into the contrib
+                MultiHeadAttention op, RMS norms into SimplifiedLayerNormalization, before quantizing
+  float-attn    int8 with the attention projections (q/k/v/out) left float: only the MLPs and adaLN int8
+  threads       int8 base with intra-op threads 1 and inter-op 2 (vs 2/1)
+  opset23       export at opset 23, where torch.onnx may emit the standard Attention op
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.block import HIDDEN, HEADS, TEXT_TOKENS, block_module, block_spec, flops
+
+RESULTS = Path(__file__).parent / "results"
+ALL_VARIANTS = ("base", "mha", "float-attn", "threads", "opset23")
+
+
+def median_time(fn, repeats: int) -> tuple[float, list[float]]:
+    fn()  # warm-up: allocator, kernels, caches
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def ort_session(path: Path, threads: int, inter: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, inter
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def export(module, spec, root: Path, precision: str, **options) -> Path:
+    from flash_edge.export import get_exporter
+
+    art = get_exporter("onnx", precision, **options).export_component("block", module, spec, root)
+    return root / art.path
+
+
+def fuse_attention(src: Path, dst: Path) -> dict:
+    """ONNX Runtime's transformer optimizer for MMDiT; returns the op counts it produced."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(src), model_type="mmdit", num_heads=HEADS, hidden_size=HIDDEN, opt_level=0)
+    model.save_model_to_file(str(dst))
+    ops = {}
+    for n in model.model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {k: ops[k] for k in ("MultiHeadAttention", "SimplifiedLayerNormalization", "LayerNormalization",
+                                "SkipLayerNormalization", "MatMul") if k in ops}
+
+
+ATTENTION_WEIGHTS = ("to_q", "to_k", "to_v", "to_out", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def quantize(src: Path, dst: Path, exclude_attention: bool = False) -> int:
+    """Dynamic int8 as the exporter does it; optionally leaving the attention projections float."""
+    import onnx
+
+    from flash_edge.export.onnx_passes import quantize_int8
+
+    exclude = []
+    if exclude_attention:
+        model = onnx.load(str(src), load_external_data=False)
+        exclude = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
+                   and any(k in i for i in n.input for k in ATTENTION_WEIGHTS)]
+    quantize_int8(src, dst, False, "dynamic", ("MatMul", "Gemm"), exclude=tuple(exclude))
+    return len(exclude)
+
+
+def psnr(ref, out) -> float:
+    from flash_edge.metrics import psnr as _psnr
+
+    return min(_psnr(r, o) for r, o in zip(ref, out))
+
+
+def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text_tokens: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    spec = block_spec(tokens, text_tokens)
+    module = block_module()
+    feeds = spec.dummy_inputs(seed=0)
+    args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
+    with torch.inference_mode():
+        ref = [t.numpy() for t in module(*args)]
+    rows = {}
+
+    def eager():
+        with torch.inference_mode():
+            module(*args)
+
+    t, ts = median_time(eager, repeats)
+    rows["torch eager fp32"] = {"median_s": t, "times_s": ts}
+    print(f"torch eager fp32: {t:.3f}s", flush=True)
+
+    def measure(label, path, inter=1, intra=threads, note=""):
+        sess = ort_session(path, intra, inter)
+        out = sess.run(spec.output_names, feeds)
+        t, ts = median_time(lambda: sess.run(spec.output_names, feeds), repeats)
+        size = sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name))
+        rows[label] = {"median_s": t, "times_s": ts, "psnr_db": psnr(ref, out), "file_mb": size / 2**20,
+                       "speedup_vs_eager": rows["torch eager fp32"]["median_s"] / t, "note": note}
+        print(f"{label}: {t:.3f}s  x{rows[label]['speedup_vs_eager']:.2f}  {rows[label]['psnr_db']:.1f} dB  "
+              f"{size / 2**20:.0f} MB", flush=True)
+        del sess
+        gc.collect()
+
+    with tempfile.TemporaryDirectory(prefix="onnx-block-", dir=os.environ.get("FLASH_BENCH_TMP")) as tmp:
+        tmp = Path(tmp)
+        f32 = export(module, spec, tmp / "fp32", "fp32")
+        measure("ort fp32", f32, note="bundle pipeline: dynamo export, ORT basic offline + all online")
+        if "base" in variants or "threads" in variants:
+            i8 = export(module, spec, tmp / "int8", "int8")
+            if "base" in variants:
+                measure("ort int8", i8, note="dynamic int8 per-channel, as bundles")
+            if "threads" in variants:
+                measure("ort int8, intra 1 / inter 2", i8, inter=2, intra=1, note="thread split")
+                measure("ort int8, intra 2 / inter 2", i8, inter=2, intra=2, note="thread split")
+            shutil.rmtree(tmp / "int8")
+        if "float-attn" in variants:
+            n = quantize(f32, tmp / "fa.onnx", exclude_attention=True)
+            measure("ort int8, attention projections float", tmp / "fa.onnx",
+                    note=f"{n} attention projections left float; MLP/adaLN int8")
+            (tmp / "fa.onnx").unlink()
+        if "mha" in variants:
+            fused = fuse_attention(f32, tmp / "mha.onnx")
+            rows["mha fusion ops"] = fused
+            print("mha fusion:", fused, flush=True)
+            measure("ort fp32 + MHA fusion", tmp / "mha.onnx", note="ORT transformer optimizer mmdit")
+            quantize(tmp / "mha.onnx", tmp / "mha8.onnx")
+            measure("ort int8 + MHA fusion", tmp / "mha8.onnx", note="fused, then dynamic int8")
+        if "opset23" in variants:
+            import flash_edge.export.onnx as onnx_target
+
+            saved = onnx_target.OPSET
+            onnx_target.OPSET = 23
+            try:
+                p23 = export(module, spec, tmp / "op23", "int8")
+                from flash_edge.export.onnx_passes import op_counts
+
+                rows["opset23 ops"] = {k: v for k, v in op_counts(p23).items() if "Attention" in k or k == "Softmax"}
+                print("opset23:", rows["opset23 ops"], flush=True)
+                measure("ort int8, opset 23", p23, note="torch.onnx at opset 23")
+            except Exception as e:  # noqa: BLE001 - record the failure as a result
+                rows["ort int8, opset 23"] = {"error": " ".join(str(e).split())[:300]}
+                print("opset23 failed:", e, flush=True)
+            finally:
+                onnx_target.OPSET = saved
+    return {"image_tokens": tokens, "text_tokens": text_tokens, "threads": threads, "repeats": repeats,
+            "gflop": flops(tokens, text_tokens) / 1e9, "rows": rows}
+
+
+def write(results: list[dict]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "onnx-block.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=1024, help="image tokens: 1024 (512^2) or 4096 (1024^2)")
+    p.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", nargs="+", default=list(ALL_VARIANTS), choices=ALL_VARIANTS)
+    args = p.parse_args(argv)
+    path = RESULTS / "onnx-block.json"
+    results = json.loads(path.read_text()) if path.is_file() else []
+    record = run(args.tokens, args.repeats, args.threads, tuple(args.variants), args.text_tokens)
+    import onnxruntime
+    import torch
+
+    record.update(machine=f"{platform.machine()} {os.cpu_count()} cores", load_avg=os.getloadavg(),
+                  versions={"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), variants=list(args.variants))
+    results.append(record)
+    write(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The Core ML backend: runs ``coreml``-target artifacts (``.mlpackage`` or compiled ``.mlmodelc``) through
+coremltools' ``MLModel`` on macOS, numpy in and out, never torch. A transformer exported with ``--chunks K``
+is K models run one after another; the session chains them, so the pipeline sees one component.
+
+Compute units: the backend option ``compute_units`` (ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY) or, if not
+given, the hint the exporter wrote into the manifest.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable, BundleError, InvalidInput
+from ..spec import ComponentSpec, TensorSpec
+from .base import Backend, Session
+
+COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
+
+
+def _load(path: Path, compute_units: str):
+    import coremltools as ct
+
+    if not path.exists():
+        raise BundleError(f"Core ML model {path} is missing")
+    units = getattr(ct.ComputeUnit, compute_units)
+    try:
+        if path.suffix == ".mlmodelc":
+            return ct.models.CompiledMLModel(str(path), compute_units=units)
+        return ct.models.MLModel(str(path), compute_units=units)
+    except Exception as e:  # noqa: BLE001 - Core ML's load errors are long; keep the first line
+        raise BundleError(f"Core ML cannot load {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+
+
+class _Program:
+    """One Core ML model with its I/O names; casts inputs to the types Core ML declared (int64 -> int32)."""
+
+    def __init__(self, path: Path, spec: ComponentSpec, compute_units: str):
+        self.model, self.spec = _load(path, compute_units), spec
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = {t.name: np.ascontiguousarray(feeds[t.name], dtype=np.int32 if t.dtype == "int64" else np.float32)
+                  for t in self.spec.inputs}
+        out = self.model.predict(inputs)
+        return {t.name: np.asarray(out[t.name], dtype=np.float32).reshape(t.shape) for t in self.spec.outputs}
+
+
+class CoreMLSession(Session):
+    def __init__(self, spec: ComponentSpec, programs: list[_Program]):
+        super().__init__(spec)
+        self.programs = programs
+
+    def _run(self, inputs):
+        state = dict(zip(self.spec.input_names, inputs))
+        for program in self.programs:  # chunks: each reads what the earlier ones wrote (temb from chunk 0)
+            state.update(program(state))
+        return [state[n] for n in self.spec.output_names]
+
+
+def _chunk_spec(d: dict, name: str) -> ComponentSpec:
+    return ComponentSpec(name, tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                         tuple(TensorSpec.from_dict(t) for t in d["outputs"]))
+
+
+class CoreMLBackend(Backend):
+    name = "coreml"
+    formats = ("coreml",)
+
+    @classmethod
+    def unavailable_reason(cls):
+        if platform.system() != "Darwin":
+            return (f"Core ML runs only on macOS (this is {platform.system()} {platform.machine()}); run a "
+                    f"coreml bundle on a Mac, or export an onnx/executorch/torch bundle for this machine")
+        if importlib.util.find_spec("coremltools") is None:
+            return "needs coremltools: pip install 'flash-edge[coreml]' (or pip install coremltools)"
+        return None
+
+    def open(self, root, component, entry):
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"backend 'coreml' is not available here: {reason}")
+        units = self.options.get("compute_units") or entry.options.get("compute_units") or "CPU_AND_NE"
+        if units not in COMPUTE_UNITS:
+            raise InvalidInput(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, got {units!r}")
+        root, spec = Path(root), entry.spec(component)
+        chunks = entry.options.get("chunks")
+        if chunks:
+            programs = [_Program(root / c["path"], _chunk_spec(c, f"{component}.chunk{i}"), units)
+                        for i, c in enumerate(chunks)]
+        else:
+            programs = [_Program(root / entry.path, spec, units)]
+        return CoreMLSession(spec, programs)
