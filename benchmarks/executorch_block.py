@@ -34,9 +34,12 @@ VARIANTS = {
     "et-fp32-library-sdpa": ("executorch", "fp32", "library", 2),
     "et-fp32": ("executorch", "fp32", "softmax", 2),
     "et-fp32-1t": ("executorch", "fp32", "softmax", 1),
+    "et-fp32-bmm": ("executorch", "fp32", "bmm", 2),
     "et-int8-library-sdpa": ("executorch", "int8-dynamic", "library", 2),
     "et-int8": ("executorch", "int8-dynamic", "softmax", 2),
+    "et-int8-bmm": ("executorch", "int8-dynamic", "bmm", 2),
     "et-8da4w": ("executorch", "8da4w", "softmax", 2),
+    "et-8da4w-bmm": ("executorch", "8da4w", "bmm", 2),
 }
 
 
@@ -139,17 +142,17 @@ def spawn(name: str, tokens: int, repeats: int, cap: float) -> dict:
     return {"variant": name, "image_tokens": tokens, "failed": verdict or (lines[-1] if lines else "no output")}
 
 
-def markdown(records: list[dict], command: str, machine: str, findings: str) -> str:
+def markdown(records: list[dict], commands: list[str], machine: str, findings: str) -> str:
     base = {r["image_tokens"]: r["seconds"]["median"] for r in records if r.get("variant") == "eager-fp32" and "seconds" in r}
-    rows = ["| variant | recipe | attention | threads | median s | vs eager fp32 | x24 (step) | PSNR dB | file MB "
-            "| delegated ops | subgraphs | peak RSS GB |", "|" + "---|" * 12]
+    rows = ["| variant | image tokens | recipe | attention | threads | median s | vs eager fp32 | x24 (step) | PSNR dB | file MB "
+            "| delegated ops | subgraphs | peak RSS GB |", "|" + "---|" * 13]
     for r in records:
         if "failed" in r:
-            rows.append(f"| {r['variant']} | | | | failed: {r['failed']} |" + " |" * 7)
+            rows.append(f"| {r['variant']} | {r['image_tokens']} | | | | failed: {r['failed']} |" + " |" * 7)
             continue
         s = r["seconds"]["median"]
         d = r.get("delegation", {})
-        rows.append(f"| {r['variant']} | {r['recipe']} | {r['attention'] or '-'} | {r['threads']} | {s:.3f} | "
+        rows.append(f"| {r['variant']} | {r['image_tokens']} | {r['recipe']} | {r['attention'] or '-'} | {r['threads']} | {s:.3f} | "
                     f"{base.get(r['image_tokens'], float('nan')) / s:.2f}x | {s * BLOCKS_PER_STEP:.1f} | "
                     f"{r['psnr_db']:.1f} | {r.get('bytes', 0) / 1e6:.0f} | "
                     f"{(str(round(100 * d['delegated_share'], 1)) + '%') if d else '-'} | "
@@ -158,10 +161,10 @@ def markdown(records: list[dict], command: str, machine: str, findings: str) -> 
     for r in records:
         if r.get("profile"):
             top = list(r["profile"].items())[:10]
-            prof.append(f"- **{r['variant']}**: " + ", ".join(f"{k} {v['seconds']:.3f}s/{v['calls']}" for k, v in top))
+            prof.append(f"- **{r['variant']}** ({r['image_tokens']} tokens): " + ", ".join(f"{k} {v['seconds']:.3f}s/{v['calls']}" for k, v in top))
     tokens = sorted({r["image_tokens"] for r in records})
     return (f"# ExecuTorch on one SD3.5-Medium block ({', '.join(map(str, tokens))} image + 333 text tokens)\n\n"
-            f"Command: `{command}`  \nMachine: {machine}  \nEach variant in a fresh process; median of the "
+            f"Commands: `{'`, `'.join(commands)}`  \nMachine: {machine}  \nEach variant in a fresh process; median of the "
             f"repeats after one warm-up; 'vs eager' > 1 means faster than PyTorch eager fp32 (2 threads).\n\n"
             + "\n".join(rows) + "\n\nETDump profile of one run (seconds / number of events, top 10; "
             "`DELEGATE_CALL` = time inside XNNPACK, `native_call_*` = portable kernels):\n\n" + "\n".join(prof)
@@ -192,13 +195,18 @@ def main(argv=None) -> int:
         records.append(rec)
     info = machine_info()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md_path = RESULTS / f"{NAME}.md"
+    md_path, json_path = RESULTS / f"{NAME}.md", RESULTS / f"{NAME}.json"
     old = md_path.read_text() if md_path.exists() else ""
     findings = old[old.index("## Findings"):] if "## Findings" in old else "## Findings\n\n(to be written)\n"
     command = "nice -n 10 .venv/bin/python -m benchmarks.executorch_block " + " ".join(argv or sys.argv[1:])
-    (RESULTS / f"{NAME}.json").write_text(json.dumps({"command": command, "machine": info, "records": records},
-                                                     indent=1) + "\n")
-    md_path.write_text(markdown(records, command, machine_label(info), findings))
+    # a run at another token count adds to the results; a variant measured again at the same count replaces its row
+    kept = json.loads(json_path.read_text()) if json_path.exists() else {"commands": [], "records": []}
+    new = {(r["variant"], r["image_tokens"]) for r in records}
+    records = [r for r in kept["records"] if (r["variant"], r["image_tokens"]) not in new] + records
+    records.sort(key=lambda r: (r["image_tokens"], list(VARIANTS).index(r["variant"])))
+    commands = [c for c in kept.get("commands", [kept.get("command")]) if c and c != command] + [command]
+    json_path.write_text(json.dumps({"commands": commands, "machine": info, "records": records}, indent=1) + "\n")
+    md_path.write_text(markdown(records, commands, machine_label(info), findings))
     return 0
 
 

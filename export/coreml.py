@@ -47,6 +47,8 @@ class CoreMLExporter(Exporter):
                                 "meant for, recorded in the manifest as the runtime's default (default CPU_AND_NE)"),
         "--quality-sweep": dict(choices=("auto", "on", "off"), default="auto", help="also measure the image PSNR "
                                 "of w8/w6/w4 and record it in the manifest (auto: on for small models)"),
+        "--compile": dict(action="store_true", default=False, help="macOS only: also write each model compiled "
+                          "(.mlmodelc), so an app does not compile it on the device at first launch"),
     }
 
     def __init__(self, precision=None, **options):
@@ -55,8 +57,12 @@ class CoreMLExporter(Exporter):
         self.deployment_target = options.get("deployment_target") or "iOS17"
         self.compute_units = options.get("compute_units") or "CPU_AND_NE"
         self.sweep = options.get("quality_sweep") or "auto"
+        self.compile = bool(options.get("compile"))
         from ..errors import InvalidInput
 
+        if self.compile and platform.system() != "Darwin":
+            raise InvalidInput(f"--compile needs macOS (Core ML's compiler, coremlcompiler, ships only there; this "
+                               f"is {platform.system()}): export without it, or compile the .mlpackage files on a Mac")
         if self.chunks < 1:
             raise InvalidInput(f"--chunks must be at least 1, got {self.chunks}")
         if self.deployment_target not in DEPLOYMENT_TARGETS or self.compute_units not in COMPUTE_UNITS:
@@ -125,7 +131,7 @@ class CoreMLExporter(Exporter):
             rel = f"{name}/{stem}.mlpackage"
             final.save(str(root / rel))
             parts.append((piece, piece_spec, fp16, rel))
-            chunk_entries.append({"path": rel, **piece_spec.io_dict()})
+            chunk_entries.append({"path": rel, **self._compiled(root, rel), **piece_spec.io_dict()})
         self._parts[name] = parts
         files = sorted(p.relative_to(root).as_posix() for p in (root / name).rglob("*") if p.is_file())
         options = {"deployment_target": self.deployment_target, "compute_units": self.compute_units,
@@ -134,8 +140,23 @@ class CoreMLExporter(Exporter):
                    "coreml_inputs": {t.name: ("int32" if t.dtype == "int64" else "float32") for t in spec.inputs}}
         if len(parts) > 1:
             options["chunks"] = chunk_entries
+        elif self.compile:
+            options["compiled"] = chunk_entries[0]["compiled"]
         return Artifact(path=parts[0][3] if len(parts) == 1 else name, files=files, precision=self.precision,
                         options=options)
+
+    def _compiled(self, root: Path, rel: str) -> dict:
+        """With --compile: the package compiled beside it (``x.mlpackage`` -> ``x.mlmodelc``)."""
+        if not self.compile:
+            return {}
+        from coremltools.models.utils import compile_model
+
+        compiled = rel.removesuffix(".mlpackage") + ".mlmodelc"
+        try:
+            compile_model(str(root / rel), str(root / compiled))
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"Core ML could not compile {rel}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        return {"compiled": compiled}
 
     # ----------------------------------------------------------------- Linux parity: PyTorch with Core ML weights
     def _torch_copy(self, name: str, weights: list[dict]):

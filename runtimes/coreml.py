@@ -3,7 +3,8 @@ coremltools' ``MLModel`` on macOS, numpy in and out, never torch. A transformer 
 is K models run one after another; the session chains them, so the pipeline sees one component.
 
 Compute units: the backend option ``compute_units`` (ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY) or, if not
-given, the hint the exporter wrote into the manifest.
+given, the hint the exporter wrote into the manifest. A bundle exported with ``--compile`` carries each model
+compiled (``.mlmodelc``) too: that is what gets loaded, so Core ML skips its first-load compile.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class CoreMLBackend(Backend):
         root, spec = Path(root), entry.spec(component)
         chunks = entry.options.get("chunks")
         if chunks:
-            programs = [_Program(root / c["path"], _chunk_spec(c, f"{component}.chunk{i}"), units)
+            programs = [_Program(root / c.get("compiled", c["path"]), _chunk_spec(c, f"{component}.chunk{i}"), units)
                         for i, c in enumerate(chunks)]
         else:
-            programs = [_Program(root / entry.path, spec, units)]
+            programs = [_Program(root / entry.options.get("compiled", entry.path), spec, units)]
         return CoreMLSession(spec, programs)

@@ -348,6 +348,24 @@ def test_backend_is_a_clear_error_off_macos(c6, tmp_path):
     assert main(["--bundle", str(c6), "--prompt", "a red circle", "--out", str(tmp_path / "x.png")]) == 2
 
 
+@pytest.mark.skipif(ON_MAC, reason="checks how flash-bench reports a bundle that cannot run here")
+def test_bench_reports_a_coreml_bundle_it_cannot_run(c6):
+    from flash_edge.bench.report import markdown
+    from flash_edge.bench.runner import Options, run_bench
+
+    results = run_bench(Options(bundles=[str(c6)], repeats=1, diffusers=False, memory=False,
+                                prompts=("a red circle",)))
+    assert results["bundles"] == []
+    (row,) = results["not_run"]
+    assert row["target"] == "coreml" and row["precision"] == "w6" and "only on macOS" in row["reason"]
+    assert row["size"]["artifacts_bytes"] == sum(f.stat().st_size for name in ("text_encoder", "text_encoder_2",
+                                                 "transformer", "vae_decoder") for f in (c6 / name).rglob("*")
+                                                 if f.is_file())
+    md = markdown(results)
+    section = md.split("## Bundles that cannot run on this machine")[1].split("\n## ")[0]
+    assert "C6" in section and "coreml" in section and "only on macOS" in section
+
+
 def test_runtime_imports_no_torch():
     code = ("import sys, flash_edge.runtimes.coreml, flash_edge.pipeline; "
             "bad = [m for m in ('torch', 'coremltools') if m in sys.modules]; assert not bad, bad")
@@ -365,6 +383,9 @@ def test_cli_options_belong_to_coreml(tmp_path, capsys):
                  "--quiet"]) == 2
     assert "--chunks must be from 1 to the transformer's 4 blocks" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))  # nothing half-written
+    if not ON_MAC:
+        assert main(["--target", "coreml", "--compile", "--out", str(tmp_path / "d"), "--quiet"]) == 2
+        assert "--compile needs macOS" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 # ----------------------------------------------------------------------------- macOS: Core ML itself
@@ -384,6 +405,19 @@ def test_mlmodel_predict_parity_fp16(c16, tiny_parts):
         got = session.run(feeds)
         for t, r in zip(spec.outputs, ref):
             assert psnr(r.numpy(), got[t.name]) >= 35.0, (name, t.name)
+
+
+@MAC_ONLY
+def test_compiled_models_are_written_and_loaded(tmp_path_factory, tiny_dir):
+    from flash_edge.pipeline import FlashPipeline
+
+    bundle = _export(tmp_path_factory, "C16c", "fp16", compile=True, chunks=2)
+    entry = _manifest(bundle)["components"]["transformer"]
+    for chunk in entry["options"]["chunks"]:
+        assert chunk["compiled"].endswith(".mlmodelc") and (bundle / chunk["compiled"]).is_dir()
+        assert chunk["compiled"] in " ".join(entry["files"])
+    image = FlashPipeline.from_bundle(bundle, backend="coreml").generate("a red circle", seed=0)
+    assert image.shape == (1, 3, 128, 128)
 
 
 @MAC_ONLY

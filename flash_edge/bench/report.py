@@ -124,6 +124,14 @@ def markdown(results: dict) -> str:
              f"{gemm['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({gemm['best']}).", "",
              "## Summary (one row per bundle)", ""]
     lines += _table(SUMMARY_HEADER, summary_rows(results))
+    if results.get("not_run"):
+        lines += ["## Bundles that cannot run on this machine (size and the export's parity record only)", ""]
+        lines += _table(["bundle", "target", "precision", "size MB", "bits/param (transformer)",
+                         "image PSNR dB at export", "why not run"], [
+            [r["label"], r["target"] or "?", r["precision"] or "?", _mb(r["size"]["artifacts_bytes"]),
+             _num(r["size"]["components"].get("transformer", {}).get("bits_per_parameter"), "{:.2f}"),
+             _num(((r.get("parity") or {}).get("results") or {}).get("image", {}).get("psnr_db"), "{:.1f}"),
+             r["reason"]] for r in results["not_run"]])
 
     lines += ["## Latency (median ms; cold load in s)", ""]
     lat_rows = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..bundle import Bundle
-from ..errors import FlashError, InvalidInput
+from ..errors import BackendUnavailable, FlashError, InvalidInput
 from ..pipeline import FlashPipeline
 from . import baselines, flops, latency, measure, probe, quality, size
 
@@ -131,12 +131,19 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
         if key not in references:
             references[key] = _reference(bundle, source, opts, gemm, say)
 
-    rows = []
+    rows, not_run = [], []
     for (bundle, verify_s), key in zip(opened, keys):
         label = _label(bundle, bundles)
         say(f"bundle {label}")
-        pipe, load = latency.time_call(
-            lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False))
+        try:
+            pipe, load = latency.time_call(
+                lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False))
+        except BackendUnavailable as e:  # e.g. Core ML off macOS: report what can be measured, and why not the rest
+            say(f"  not run here: {e}")
+            not_run.append({"label": label, "path": str(bundle.path), "target": bundle.manifest.get("target"),
+                            "precision": bundle.manifest.get("precision"), "reason": str(e),
+                            "size": size.artifact_sizes(bundle), "parity": bundle.manifest.get("parity")})
+            continue
         row = {"label": label, "path": str(bundle.path), "model": bundle.manifest.get("model", {}).get("name"),
                "target": bundle.manifest.get("target"), "precision": bundle.manifest.get("precision"),
                "backends": pipe.info.get("backends"), "height": bundle.spec.height, "width": bundle.spec.width,
@@ -171,4 +178,4 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
                          "teacher_steps": latency.TEACHER_STEPS, "teacher_guidance": latency.TEACHER_GUIDANCE,
                          "load_average_start": load_start,
                          **opts.extra},
-            "backends_registered": registered, "baselines": baseline_rows, "bundles": rows}
+            "backends_registered": registered, "baselines": baseline_rows, "bundles": rows, "not_run": not_run}

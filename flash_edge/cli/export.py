@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 
 from .common import Progress, make_parser, positive_int, quiet_libraries, run
@@ -40,8 +42,8 @@ def parser():
         flags = [f for f in cls.cli_options if f not in added]  # a flag two targets share is added once
         if flags:
             group = p.add_argument_group(f"{target} options")
-            for flag in flags:
-                group.add_argument(flag, **cls.cli_options[flag])
+            for flag in flags:  # absent unless given: another target's flag is an error even at its default
+                group.add_argument(flag, **{**cls.cli_options[flag], "default": argparse.SUPPRESS})
             added.update(flags)
     return p
 
@@ -54,7 +56,8 @@ def _exporter_classes() -> dict:
 
 
 def target_options(args, target: str) -> dict:
-    """The values of ``target``'s own options; another target's option given a non-default value is an error."""
+    """The values of ``target``'s own options (their defaults where not given); another target's option given
+    at all is an error."""
     from ..errors import InvalidInput
     from ..export import exporter_class
 
@@ -64,8 +67,8 @@ def target_options(args, target: str) -> dict:
         for flag, kwargs in cls.cli_options.items():
             dest = kwargs.get("dest") or flag.lstrip("-").replace("-", "_")
             if flag in own:
-                chosen[dest] = getattr(args, dest)
-            elif getattr(args, dest) != kwargs.get("default"):
+                chosen[dest] = getattr(args, dest, kwargs.get("default"))
+            elif hasattr(args, dest):
                 raise InvalidInput(f"{flag} applies to --target {t}, not {target}")
     return chosen
 
