@@ -35,3 +35,15 @@ def torch_bundle(tmp_path_factory, tiny_dir) -> Path:
     from flash_edge.export import export_bundle
 
     return export_bundle("tiny", "torch", tmp_path_factory.mktemp("bundles") / "torch")
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tiny_dir):
+    """The built-in model's export wrappers and their component specs (the exporters' inputs)."""
+    from flash_edge.components import build_wrappers
+    from flash_edge.models import load_model
+    from flash_edge.models.generation import generation_spec
+
+    model = load_model("tiny")
+    spec = generation_spec(model)
+    return build_wrappers(model, spec.components), spec.component_specs()

@@ -48,17 +48,6 @@ def c16_chunks(tmp_path_factory, tiny_dir):
     return _export(tmp_path_factory, "C16k2", "fp16", chunks=2)
 
 
-@pytest.fixture(scope="module")
-def tiny_parts(tiny_dir):
-    from flash_edge.components import build_wrappers
-    from flash_edge.models import load_model
-    from flash_edge.models.generation import generation_spec
-
-    model = load_model("tiny")
-    spec = generation_spec(model)
-    return build_wrappers(model, spec.components), spec.component_specs()
-
-
 def _manifest(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
 

@@ -51,17 +51,6 @@ def e32(bundles) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_parts(tiny_dir):
-    from flash_edge.components import build_wrappers
-    from flash_edge.models import load_model
-    from flash_edge.models.generation import generation_spec
-
-    model = load_model("tiny")
-    spec = generation_spec(model)
-    return build_wrappers(model, spec.components), spec.component_specs()
-
-
-@pytest.fixture(scope="module")
 def reference_image(tiny_dir) -> np.ndarray:
     return FlashPipeline.from_model("tiny").generate(PROMPT, seed=SEED)
 
