@@ -30,18 +30,6 @@ def op_counts(path: Path) -> collections.Counter:
                                for n in model.graph.node)
 
 
-def weight_bytes(model) -> int:
-    """Bytes of a ModelProto's initializers (in memory or external)."""
-    import numpy as np
-    from onnx import helper
-
-    total = 0
-    for t in model.graph.initializer:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-        total += int(np.prod(t.dims, dtype=np.int64)) * itemsize
-    return total
-
-
 def save(model, path: Path, external: bool) -> list[Path]:
     """Write ``model`` to ``path``; with ``external``, every weight over 1 KB goes to one ``<name>.data``
     file beside it. Returns the files written."""
