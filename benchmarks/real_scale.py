@@ -202,10 +202,6 @@ def transformer_spec(arch: str, size: int, text_tokens: int = 333):
         TensorSpec("pooled_projections", (1, cfg["pooled_projection_dim"]))), (TensorSpec("velocity", latent),))
 
 
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def export_full(arch: str, target: str, precision: str, size: int, work: Path, threads: int) -> dict:
     import gc
 
@@ -267,7 +263,7 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
               "parameters": n_params, "target": target, "precision": exporter.precision, "size": size,
               "text_tokens": spec.inputs[2].shape[1], "threads": threads,
               "artifact": {"path": entry.path, "files": {f: (root / f).stat().st_size for f in entry.files},
-                           "bytes": dir_size(root / entry.path)},
+                           "bytes": sum((root / f).stat().st_size for f in entry.files)},
               "tools": package_versions(["torch", "diffusers", "transformers", "safetensors", "numpy",
                                          *exporter.packages])}
     if reason is None:

@@ -214,6 +214,8 @@ def test_external_data_forced_is_listed_hashed_and_runs(b16_external, reference_
         data = f"{name}/model.onnx.data"
         assert entry.files == [f"{name}/model.onnx", data] and data in bundle.manifest["files"]
         assert entry.options["external_data"] is True
+        # models over 2 GB skip ORT's offline optimizer (its memory is 2.6x the weights; ORT fuses at load)
+        assert entry.options["optimizer"]["level"] == "skipped" and "2 GB" in entry.options["optimizer"]["reason"]
         model_size = (b16_external / entry.path).stat().st_size
         assert (b16_external / data).stat().st_size > model_size  # the weights live in the data file
         onnx.checker.check_model(str(b16_external / entry.path))
