@@ -30,8 +30,8 @@ DEFAULT_OP_TYPES = ("MatMul", "Gemm")
 CALIBRATION_BATCHES = 8  # qdq mode: seeded dummy feeds per component (min-max calibration)
 OFFLINE_OPTIMIZER_SKIPPED = (
     "the model is over protobuf's 2 GB: ONNX Runtime's offline optimizer would hold the original and the "
-    "optimized weights at once (2.6x the weights, measured; 25 GB for SD3.5-Medium's fp32 transformer), and "
-    "the same basic-level fusions run anyway when a session loads the model")
+    "optimized weights at once (2.6x the weights, measured on a 4-block SD3.5-Medium transformer: ~25 GB for "
+    "the full fp32 one), and the same basic-level fusions run anyway when a session loads the model")
 
 # Parity floors (dB PSNR vs the fp32 PyTorch reference), from measurements on the built-in tiny model
 # (README "ONNX target"; min over 4 prompts/seeds for the image):
@@ -132,7 +132,7 @@ class OnnxExporter(Exporter):
             exported, external, crops = self._export_fp32(name, module, spec, work / "exported.onnx")
             if crops:
                 record["pos_embed_cropped"] = [{"from": list(a), "to": list(b)} for a, b in crops]
-            if external:  # measured: ORT's optimizer holds ~2.6x the weights (25 GB for SD3.5-M's fp32 transformer)
+            if external:
                 record["optimizer"] = {"level": "skipped", "reason": OFFLINE_OPTIMIZER_SKIPPED}
                 current = exported
             else:
