@@ -47,3 +47,23 @@ def tiny_parts(tiny_dir):
     model = load_model("tiny")
     spec = generation_spec(model)
     return build_wrappers(model, spec.components), spec.component_specs()
+
+
+@pytest.fixture
+def generate_png_matches_the_api():
+    """A check: ``flash-generate --bundle B --backend X`` writes the PNG the Python API draws, marked with X."""
+    def check(bundle: Path, backend: str, out: Path, prompt: str = "a red circle") -> None:
+        import numpy as np
+        from PIL import Image
+
+        from flash_edge.cli.generate import main
+        from flash_edge.pipeline import FlashPipeline
+
+        assert main(["--quiet", "--bundle", str(bundle), "--backend", backend, "--prompt", prompt, "--seed", "0",
+                     "--out", str(out)]) == 0
+        img = Image.open(out)
+        assert img.size == (128, 128) and img.text["backend"] == backend
+        expected = FlashPipeline.from_bundle(bundle, backend=backend)(prompt, seed=0)
+        assert np.array_equal(np.asarray(img.convert("RGB")), np.asarray(expected))
+
+    return check

@@ -101,18 +101,8 @@ def test_int8_transformer_pte_at_most_35_percent_of_fp32(e8, e32):
     assert size[e8] <= 0.35 * size[e32], size
 
 
-def test_generate_cli_writes_png_with_executorch(e8, tmp_path):
-    from PIL import Image
-
-    from flash_edge.cli.generate import main
-
-    out = tmp_path / "e8.png"
-    assert main(["--quiet", "--bundle", str(e8), "--backend", "executorch", "--prompt", PROMPT, "--seed", "0",
-                 "--out", str(out)]) == 0
-    img = Image.open(out)
-    assert img.size == (128, 128) and img.text["backend"] == "executorch"
-    expected = FlashPipeline.from_bundle(e8, backend="executorch")(PROMPT, seed=0)
-    assert np.array_equal(np.asarray(img.convert("RGB")), np.asarray(expected))
+def test_generate_cli_writes_png_with_executorch(e8, tmp_path, generate_png_matches_the_api):
+    generate_png_matches_the_api(e8, "executorch", tmp_path / "e8.png", PROMPT)
 
 
 # ----------------------------------------------------------------------------- what an app reads

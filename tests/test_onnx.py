@@ -155,18 +155,8 @@ def test_int8_transformer_size(b32, b8):
     assert 0.25 < ratio < 0.36, ratio
 
 
-def test_generate_cli_writes_png_with_onnx(b8, tmp_path):
-    from PIL import Image
-
-    from flash_edge.cli.generate import main
-
-    out = tmp_path / "red.png"
-    assert main(["--quiet", "--bundle", str(b8), "--backend", "onnx", "--prompt", PROMPT, "--seed", "0",
-                 "--out", str(out)]) == 0
-    img = Image.open(out)
-    assert img.size == (128, 128) and img.text["backend"] == "onnx"
-    expected = FlashPipeline.from_bundle(b8, backend="onnx")(PROMPT, seed=0)
-    assert np.array_equal(np.asarray(img.convert("RGB")), np.asarray(expected))
+def test_generate_cli_writes_png_with_onnx(b8, tmp_path, generate_png_matches_the_api):
+    generate_png_matches_the_api(b8, "onnx", tmp_path / "red.png", PROMPT)
 
 
 NO_TORCH = textwrap.dedent("""
