@@ -36,9 +36,7 @@ def choose_backend(target: str, requested: str = "auto", device: Device | None =
         if target not in cls.formats:
             raise InvalidInput(f"backend {requested!r} cannot run {target} artifacts; this bundle needs a backend "
                                f"for {target} (re-export with --target {requested}, or use --backend auto)")
-        reason = cls.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(f"backend {requested!r} is not available here: {reason}")
+        cls.require()
         return cls
     reasons = []
     for name in preference(device or detect()):

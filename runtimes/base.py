@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..errors import InvalidInput
+from ..errors import BackendUnavailable, InvalidInput
 from ..spec import ComponentSpec
 
 if TYPE_CHECKING:
@@ -57,6 +57,13 @@ class Backend(ABC):
     @abstractmethod
     def unavailable_reason(cls) -> str | None:
         """None if the backend can run on this machine, else a one-line reason (with the fix)."""
+
+    @classmethod
+    def require(cls) -> None:
+        """Raise ``BackendUnavailable`` with the reason if this backend cannot run here."""
+        reason = cls.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"backend {cls.name!r} is not available here: {reason}")
 
     def load(self, bundle, component: str) -> Session:
         """Load ``component`` of ``bundle`` (a ``flash_edge.bundle.Bundle``)."""

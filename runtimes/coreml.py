@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailable, BundleError, InvalidInput
+from ..errors import BundleError, InvalidInput
 from ..spec import ComponentSpec, TensorSpec
 from .base import Backend, Session
 
@@ -80,9 +80,7 @@ class CoreMLBackend(Backend):
         return None
 
     def open(self, root, component, entry):
-        reason = self.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(f"backend 'coreml' is not available here: {reason}")
+        self.require()
         units = self.options.get("compute_units") or entry.options.get("compute_units") or "CPU_AND_NE"
         if units not in COMPUTE_UNITS:
             raise InvalidInput(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, got {units!r}")

@@ -46,9 +46,7 @@ class ExecuTorchBackend(Backend):
         return None
 
     def open(self, root, component, entry):
-        reason = self.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(f"backend 'executorch' is not available here: {reason}")
+        self.require()
         from executorch.runtime import Runtime
 
         runtime = Runtime.get()

@@ -67,3 +67,29 @@ def generate_png_matches_the_api():
         assert np.array_equal(np.asarray(img.convert("RGB")), np.asarray(expected))
 
     return check
+
+
+@pytest.fixture
+def truncated_artifact_is_refused(tmp_path):
+    """A check: a copy of ``bundle`` whose ``rel`` file is cut in half is refused with a one-line
+    ``BundleError`` naming the file, by the manifest's size check and, with hashes and sizes skipped, by the
+    backend's own load failure mapped to one line. Returns the broken copy."""
+    import shutil
+
+    from flash_edge.bundle import Bundle
+    from flash_edge.errors import BundleError
+    from flash_edge.pipeline import FlashPipeline
+
+    def check(bundle: Path, backend: str, rel: str) -> Path:
+        broken = tmp_path / "truncated"
+        shutil.copytree(bundle, broken)
+        f = broken / rel
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        with pytest.raises(BundleError) as e:
+            FlashPipeline.from_bundle(broken, backend=backend, verify=False)  # the runtime's own failure, mapped
+        assert rel in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(BundleError, match=f"{rel} has .* bytes"):
+            Bundle.open(broken)  # the manifest's size check comes first
+        return broken
+
+    return check

@@ -327,18 +327,10 @@ def test_failing_gate_writes_nothing_and_reports_numbers(tiny_dir, tmp_path, mon
 
 
 # ---------------------------------------------------------------------------------------------- runtime bad input
-def test_truncated_onnx_is_one_line_error_naming_the_file(b32, tmp_path):
+def test_truncated_onnx_is_one_line_error_naming_the_file(b32, tmp_path, truncated_artifact_is_refused):
     from flash_edge.cli.generate import main
 
-    broken = tmp_path / "b"
-    shutil.copytree(b32, broken)
-    f = broken / "transformer/model.onnx"
-    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    with pytest.raises(BundleError) as e:
-        FlashPipeline.from_bundle(broken, backend="onnx", verify=False)  # ONNX Runtime's own failure, mapped
-    assert "transformer/model.onnx" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(BundleError, match="transformer/model.onnx has .* bytes"):
-        FlashPipeline.from_bundle(broken, backend="onnx")  # the manifest's size check comes first
+    broken = truncated_artifact_is_refused(b32, "onnx", "transformer/model.onnx")
     assert main(["--quiet", "--bundle", str(broken), "--no-verify", "--prompt", "x", "--out",
                  str(tmp_path / "x.png")]) == 2
 
