@@ -66,8 +66,9 @@ def main(argv=None) -> int:
         s, _, _ = evaluate(fam, fam.transformer, row["steps"], row["guidance"], a.n)
         results.append({**row, **s.as_dict(), "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(results[-1]), flush=True)
-        grid_rows.append(generate(fam, fam.transformer, GRID_PROMPTS, list(range(len(GRID_PROMPTS))), row["steps"],
-                                  row["guidance"]))
+        grid_rows.append((f"{row['model']}, {row['variant']}",
+                          generate(fam, fam.transformer, GRID_PROMPTS, list(range(len(GRID_PROMPTS))), row["steps"],
+                                   row["guidance"])))
 
     a.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/distill_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -81,11 +82,31 @@ def main(argv=None) -> int:
     (a.out / "distill-ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if grid_rows:
-        from PIL import Image
-
-        Image.fromarray(np.concatenate([np.concatenate(list(r), axis=1) for r in grid_rows], axis=0)).save(
-            a.out / "distill-grid.png")
+        labelled_grid(grid_rows, GRID_PROMPTS).save(a.out / "distill-grid.png")
     return 0
+
+
+def labelled_grid(rows: list[tuple[str, np.ndarray]], prompts: list[str], scale: int = 2):
+    """Models down, prompts across: each picture (H, W, 3) uint8 upscaled ``scale``x (nearest), row labels on the
+    left, prompts (wrapped) on top; PIL's built-in font, so nothing is fetched."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    h, w = rows[0][1].shape[1:3]
+    cell_h, cell_w, label_w, head_h, pad = h * scale, w * scale, 230, 48, 4
+    grid = Image.new("RGB", (label_w + len(prompts) * (cell_w + pad), head_h + len(rows) * (cell_h + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, prompt in enumerate(prompts):
+        draw.multiline_text((label_w + j * (cell_w + pad), 2), "\n".join(textwrap.wrap(prompt, 22)), fill="black",
+                            font=font, spacing=1)
+    for i, (label, images) in enumerate(rows):
+        y = head_h + i * (cell_h + pad)
+        draw.multiline_text((2, y + 4), "\n".join(textwrap.wrap(label, 36)), fill="black", font=font)
+        for j, image in enumerate(images):
+            grid.paste(Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST), (label_w + j * (cell_w + pad), y))
+    return grid
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def _write_tokenizers(model, spec, root: Path) -> None:
 
 def export_bundle(source: str | Path, target: str, out: str | Path, precision: str | None = None, *,
                   height: int | None = None, width: int | None = None, steps: int = 4, rule: str = "euler",
-                  sigmas=None, t5: bool = False, t5_tokens: int = 256, force: bool = False,
+                  sigmas=None, t5: bool = False, t5_tokens: int | None = None, force: bool = False,
                   skip_parity: bool = False, progress: Progress | None = None, config=None,
                   **target_options) -> Path:
     """Export ``source`` (``"tiny"``, a diffusers folder or a single-file ``.safetensors`` checkpoint, whose

@@ -62,7 +62,7 @@ def generate_png_matches_the_api():
         assert main(["--quiet", "--bundle", str(bundle), "--backend", backend, "--prompt", prompt, "--seed", "0",
                      "--out", str(out)]) == 0
         img = Image.open(out)
-        assert img.size == (128, 128) and img.text["backend"] == backend
+        assert img.size == (64, 64) and img.text["backend"] == backend
         expected = FlashPipeline.from_bundle(bundle, backend=backend)(prompt, seed=0)
         assert np.array_equal(np.asarray(img.convert("RGB")), np.asarray(expected))
 

@@ -221,7 +221,7 @@ def test_report_json_has_every_field(report, torch_bundle, bf16_bundle):
         assert set(b["ratios"]) == {"step_vs_reference", "decode_vs_reference", "e2e_vs_reference",
                                     "e2e_vs_diffusers"}
         fl = b["flops"]
-        assert fl["image_tokens"] == 64 and fl["text_tokens"] == 333 and fl["transformer_call_flops"] > 0
+        assert fl["image_tokens"] == 16 and fl["text_tokens"] == 77 and fl["transformer_call_flops"] > 0
         assert fl["fraction_of_gemm_peak"] == pytest.approx(fl["achieved_flops_per_s"] / r["gemm"]["peak_flops_per_s"])
         mem = b["memory"]
         assert mem["method"] in ("VmHWM", "psutil-sampling") and mem["cold_load_s"] > 0
@@ -282,7 +282,7 @@ def bench_cli_summary_header():
 # ----------------------------------------------------------------------------- errors: one line, exit 2
 @pytest.mark.parametrize("extra,message", [
     (["--bundle", "/nonexistent/bundle"], "does not exist"),
-    (["--height", "256"], "generates 128x128, not the --height 256"),
+    (["--height", "256"], "generates 64x64, not the --height 256"),
     (["--repeats", "0"], "--repeats must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2(torch_bundle, tmp_path, capsys, extra, message):

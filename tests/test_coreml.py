@@ -406,7 +406,7 @@ def test_compiled_models_are_written_and_loaded(tmp_path_factory, tiny_dir):
         assert chunk["compiled"].endswith(".mlmodelc") and (bundle / chunk["compiled"]).is_dir()
         assert chunk["compiled"] in " ".join(entry["files"])
     image = FlashPipeline.from_bundle(bundle, backend="coreml").generate("a red circle", seed=0)
-    assert image.shape == (1, 3, 128, 128)
+    assert image.shape == (1, 3, 64, 64)
 
 
 @MAC_ONLY

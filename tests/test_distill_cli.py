@@ -43,6 +43,21 @@ def test_every_stage_writes_a_folder_the_sdk_loads(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["n"] == 4 and 0.0 <= res["overall"] <= 1.0
 
+    # shipping the student as a built-in model folder: fp16 on disk, the same model as fp32 once loaded
+    shipped = tmp_path / "shipped"
+    assert main(["ship", "--run", str(out), "--to", str(shipped), "--note", "test run"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(shipped / "transformer" / "diffusion_pytorch_model.safetensors"), framework="pt") as st:
+        assert {st.get_tensor(k).dtype for k in st.keys()} == {torch.float16}
+    a, b = load_model(shipped), load_model(out / "student-4step-split")
+    assert a.defaults == {"t5_tokens": 0} and a.transformer.dtype == torch.float32
+    for (name, p), q in zip(a.transformer.state_dict().items(), b.transformer.state_dict().values()):
+        torch.testing.assert_close(p, q.half().float(), rtol=0, atol=0, msg=name)  # exactly the fp16 rounding
+    assert "test run" in (shipped / "TRAINING.md").read_text()
+    assert main(["ship", "--run", str(tmp_path / "nope"), "--to", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
 
 def test_unknown_stage_is_exit_2(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--stages", "teacher,magic", *SMALL]) == 2

@@ -27,18 +27,31 @@ def test_saved_tiny_folder_loads_into_diffusers_classes(tiny_dir):
     assert isinstance(m.vae, AutoencoderKL)
     assert isinstance(m.text_encoder, CLIPTextModelWithProjection)
     cfg = m.transformer.config
-    assert cfg.qk_norm == "rms_norm" and tuple(cfg.dual_attention_layers) == (0, 1)  # SD3.5-Medium features
-    assert m.vae.config.latent_channels == 16 and m.vae.config.shift_factor == pytest.approx(0.0609)
+    assert cfg.qk_norm == "rms_norm" and tuple(cfg.dual_attention_layers) == (0, 1, 2)  # SD3.5-Medium features
+    assert m.vae.config.latent_channels == 16 and m.vae.config.scaling_factor != 1.0  # fitted on its data
+    assert m.defaults == {"t5_tokens": 0}  # trained without the T5 slot (flash_edge.json)
     assert m.text_encoder_3 is None and m.scheduler_config["shift"] == 3.0
 
 
-def test_tiny_is_deterministic(tmp_path):
-    from flash_edge.models.tiny import build_tiny
+def test_tiny_t5_variant_is_deterministic_and_keeps_the_shipped_weights(tmp_path):
+    from flash_edge.models.tiny import SHIPPED, build_tiny
 
-    a, b = build_tiny(tmp_path / "a"), build_tiny(tmp_path / "b")
+    a, b = build_tiny(tmp_path / "a", t5=True), build_tiny(tmp_path / "b", t5=True)
+    assert (a / "text_encoder_3/model.safetensors").read_bytes() == (b / "text_encoder_3/model.safetensors").read_bytes()
     for sub in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                 "vae/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json"):
-        assert (a / sub).read_bytes() == (b / sub).read_bytes(), sub
+        assert (a / sub).read_bytes() == (SHIPPED / sub).read_bytes(), sub
+    m = load_model(a, t5=True)
+    assert m.defaults == {} and generation_spec(m).text.t5_tokens == 256  # no flash_edge.json: diffusers' slots
+
+
+@pytest.mark.parametrize("content,msg", [('{"t5_tokens": -1}', "t5_tokens must be an integer from 0 to 512"),
+                                         ('{"t5_tokens": "none"}', "t5_tokens must be an integer"),
+                                         ("[1]", "does not hold a JSON object")])
+def test_bad_defaults_file_is_refused(folder, content, msg):
+    (folder / "flash_edge.json").write_text(content)
+    with pytest.raises(ModelLoadError, match=msg):
+        load_model(folder)
 
 
 def test_missing_folder(tmp_path):
@@ -93,7 +106,7 @@ def test_bad_config_json(folder):
 
 @pytest.mark.parametrize("h,w,msg", [(100, 128, "height must be a positive multiple of 16"),
                                      (128, 120, "width must be a positive multiple of 16"),
-                                     (1024, 128, "exceeds what this model's position embedding covers")])
+                                     (1024, 64, "exceeds what this model's position embedding covers")])
 def test_bad_sizes(tiny_dir, h, w, msg):
     with pytest.raises(InvalidInput, match=msg):
         generation_spec(load_model(tiny_dir), h, w)

@@ -47,5 +47,5 @@ def test_variant_loads_and_equals_diffusers(variant_dir):
     ref = StableDiffusion3Pipeline.from_pretrained(str(folder), text_encoder_3=None, tokenizer_3=None,
                                                    torch_dtype=torch.float32)(
         "a purple hexagon", num_inference_steps=2, guidance_scale=1.0, output_type="np",
-        latents=torch.from_numpy(latents), max_sequence_length=256).images
+        latents=torch.from_numpy(latents), max_sequence_length=ours.spec.text.t5_tokens).images
     np.testing.assert_allclose(mine[0].transpose(1, 2, 0), ref[0], rtol=0, atol=1e-4)

@@ -85,12 +85,13 @@ def test_fp32_image_matches_torch_reference(b32, reference_image):
 
 
 def test_position_table_is_cropped_to_the_bundle_resolution(b32, tiny_dir):
-    """tiny: pos_embed_max_size 32 (1024 rows), 128 px -> 8x8 patches: the file holds the 64 rows it uses."""
+    """tiny: pos_embed_max_size 16 (256 rows of width 128), 64 px -> 4x4 patches: the file holds the 16 rows
+    it uses."""
     entry = Bundle.open(b32).components["transformer"]
-    assert entry.options["pos_embed_cropped"] == [{"from": [1, 1024, 64], "to": [1, 64, 64]}]
+    assert entry.options["pos_embed_cropped"] == [{"from": [1, 256, 128], "to": [1, 16, 128]}]
     model = onnx.load(str(b32 / entry.path))
     sizes = [int(np.prod(t.dims)) for t in model.graph.initializer]
-    assert 64 * 64 in sizes and 1024 * 64 not in sizes
+    assert 16 * 128 in sizes and 256 * 128 not in sizes
 
 
 def test_dynamo_exporter_keeps_the_whole_position_table(tiny_dir, tmp_path):
@@ -185,7 +186,7 @@ def test_runtime_runs_without_torch(b8, tmp_path):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(b8), str(out)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "(128, 128)"
+    assert proc.stdout.strip() == "(64, 64)"
     expected = np.asarray(FlashPipeline.from_bundle(b8, backend="onnx")("a red circle", seed=0))
     assert np.array_equal(np.load(out), expected)
 

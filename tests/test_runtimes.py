@@ -53,7 +53,7 @@ def test_session_checks_inputs_against_the_spec(torch_bundle):
     with pytest.raises(InvalidInput, match=r"vae_decoder takes inputs \['latent'\], got \['x'\]"):
         vae.run({"x": np.zeros((1, 16, 16, 16), np.float32)})
     image = vae.run({"latent": np.zeros((1, 16, 16, 16), np.float32)})["image"]
-    assert image.shape == (1, 3, 128, 128) and image.dtype == np.float32 and 0 <= image.min() <= image.max() <= 1
+    assert image.shape == (1, 3, 64, 64) and image.dtype == np.float32 and 0 <= image.min() <= image.max() <= 1
 
 
 def test_bundle_and_reference_agree_stage_by_stage(torch_bundle):

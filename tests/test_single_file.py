@@ -107,7 +107,7 @@ def test_single_file_image_equals_folder_and_diffusers_single_file(ckpt, tiny_di
                                                      torch_dtype=torch.float32, text_encoder_3=None, tokenizer_3=None)
     latents = torch.from_numpy(gaussian_noise(3, ours.spec.latent.shape))
     ref = pipe(PROMPT, num_inference_steps=2, guidance_scale=1.0, output_type="np", latents=latents,
-               max_sequence_length=256).images
+               max_sequence_length=ours.spec.text.t5_tokens).images
     # diffusers' own single-file pipeline: the same image within float summation order (1e-4 << 1/255)
     np.testing.assert_allclose(mine[0].transpose(1, 2, 0), ref[0], rtol=0, atol=1e-4)
 

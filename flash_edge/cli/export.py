@@ -31,8 +31,9 @@ def parser():
     t5 = p.add_mutually_exclusive_group()
     t5.add_argument("--t5", dest="t5", action="store_true", help="export the T5 encoder too")
     t5.add_argument("--no-t5", dest="t5", action="store_false", help="drop T5; zeros of its shape (default)")
-    p.add_argument("--t5-tokens", type=positive_int, default=256,
-                   help="T5 token slots in the text sequence (default 256 as diffusers; 0 drops them: 77 tokens)")
+    p.add_argument("--t5-tokens", type=positive_int, default=None,
+                   help="T5 token slots in the text sequence (default: the model's flash_edge.json, else 256 as "
+                   "diffusers; 0 drops them: 77 tokens)")
     p.add_argument("--skip-parity", action="store_true", help="write the bundle even if it fails the parity gate "
                    "(marked loudly in the manifest)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, default=500)
     t.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s = sub.add_parser("ship", help="write a trained student as the SDK's built-in model folder (fp16 safetensors)")
+    s.add_argument("--run", type=Path, required=True, help="the training run's --out")
+    s.add_argument("--student", default="student-4step-split", help="the folder under --run to ship")
+    s.add_argument("--to", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "tiny_model")
+    s.add_argument("--note", default="", help="text for TRAINING.md (the command that trained the run)")
     e = sub.add_parser("eval", help="mini-GenEval of a trained folder")
     e.add_argument("--model", type=Path, required=True)
     e.add_argument("--steps", type=int, default=4)
@@ -246,6 +251,32 @@ def evaluate_cmd(a) -> int:
     return 0
 
 
+def ship_cmd(a) -> int:
+    """Student folder -> the built-in model: weights stored fp16 (half the bytes; the SDK loads them as fp32,
+    so the fp16-rounded weights *are* the model every parity number refers to), plus TRAINING.md."""
+    import shutil
+
+    from .models import Family
+
+    src = a.run / a.student
+    if not (src / "family.json").is_file():
+        print(f"error: {src} is not a trained folder (no family.json)", file=sys.stderr)
+        return 2
+    family = Family.load(src)
+    for m in (family.transformer, family.vae, family.text_encoder, family.text_encoder_2):
+        m.half()
+    tmp = a.to.parent / f".{a.to.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    family.save(tmp)
+    (tmp / "TRAINING.md").write_text(
+        f"# The built-in model `tiny`\n\nShipped from `{a.student}` of a `python -m flash_edge.distill train` run "
+        f"with `python -m flash_edge.distill ship --run RUN --student {a.student}`.\n\n{a.note}\n")
+    shutil.rmtree(a.to, ignore_errors=True)
+    tmp.replace(a.to)
+    print(f"wrote {a.to}")
+    return 0
+
+
 def _quiet() -> None:
     """No per-file progress bars or save notices from diffusers/transformers in the training log."""
     import diffusers
@@ -259,4 +290,4 @@ def _quiet() -> None:
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     _quiet()
-    return train(a) if a.command == "train" else evaluate_cmd(a)
+    return {"train": train, "ship": ship_cmd, "eval": evaluate_cmd}[a.command](a)

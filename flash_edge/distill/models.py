@@ -114,6 +114,8 @@ class Family:
                 for name in ("vocab.json", "merges.txt"):
                     shutil.copyfile(Path(tmp) / sub / name, directory / sub / name)
         (directory / "family.json").write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
+        # How the SDK must run it (flash_edge.models.loading.DEFAULTS_FILE): with the T5 slot it was trained with.
+        (directory / "flash_edge.json").write_text(json.dumps({"t5_tokens": self.config.t5_tokens}) + "\n")
         return directory
 
     @classmethod
@@ -125,9 +127,11 @@ class Family:
 
         d = Path(directory)
         cfg = FamilyConfig(**json.loads((d / "family.json").read_text()))
-        return cls(cfg, SD3Transformer2DModel.from_pretrained(d / "transformer"), AutoencoderKL.from_pretrained(d / "vae"),
-                   CLIPTextModelWithProjection.from_pretrained(d / "text_encoder"),
-                   CLIPTextModelWithProjection.from_pretrained(d / "text_encoder_2"),
+        f32 = torch.float32  # training and evaluation run in fp32, whatever the folder stores (shipped: fp16)
+        return cls(cfg, SD3Transformer2DModel.from_pretrained(d / "transformer", torch_dtype=f32),
+                   AutoencoderKL.from_pretrained(d / "vae", torch_dtype=f32),
+                   CLIPTextModelWithProjection.from_pretrained(d / "text_encoder", dtype=f32),
+                   CLIPTextModelWithProjection.from_pretrained(d / "text_encoder_2", dtype=f32),
                    CLIPTokenizer.from_pretrained(d / "tokenizer"), CLIPTokenizer.from_pretrained(d / "tokenizer_2"))
 
     @property

@@ -12,6 +12,13 @@ DEFAULT_STEPS = 4
 DEFAULT_T5_TOKENS = 256  # diffusers' max_sequence_length
 
 
+def default_t5_tokens(model: SD3Model) -> int:
+    """The model's own choice (its folder's ``flash_edge.json``), else diffusers' 256. A model trained without
+    the T5 slot (t5_tokens 0) that is loaded with a T5 encoder gets 256: T5 states need slots."""
+    chosen = model.defaults.get("t5_tokens", DEFAULT_T5_TOKENS)
+    return DEFAULT_T5_TOKENS if chosen == 0 and model.text_encoder_3 is not None else chosen
+
+
 def check_size(model: SD3Model, height: int, width: int) -> None:
     tcfg, vae_factor = model.transformer.config, 2 ** (len(model.vae.config.block_out_channels) - 1)
     unit = vae_factor * tcfg.patch_size
@@ -47,13 +54,14 @@ def sampler_from_model(model: SD3Model, steps: int, rule: str = "euler", sigmas=
 
 
 def generation_spec(model: SD3Model, height: int | None = None, width: int | None = None, steps: int = DEFAULT_STEPS,
-                    rule: str = "euler", sigmas=None, t5_tokens: int = DEFAULT_T5_TOKENS,
+                    rule: str = "euler", sigmas=None, t5_tokens: int | None = None,
                     guidance_scale: float = 1.0) -> GenerationSpec:
     tcfg, vcfg = model.transformer.config, model.vae.config
     vae_factor = 2 ** (len(vcfg.block_out_channels) - 1)
     height = tcfg.sample_size * vae_factor if height is None else height
     width = tcfg.sample_size * vae_factor if width is None else width
     check_size(model, height, width)
+    t5_tokens = default_t5_tokens(model) if t5_tokens is None else t5_tokens
     if not isinstance(t5_tokens, int) or not 0 <= t5_tokens <= 512:
         raise InvalidInput(f"t5_tokens must be an integer from 0 to 512, got {t5_tokens!r}")
     t5 = model.text_encoder_3 is not None

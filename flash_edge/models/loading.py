@@ -22,6 +22,10 @@ MODEL_PARTS = {  # sub-folder -> (library, class) real SD3 checkpoints load into
     "text_encoder_3": ("transformers", "T5EncoderModel"),
 }
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+# Optional file beside model_index.json: how the model was trained to be run, where diffusers' files cannot say
+# it. Only "t5_tokens" is read: 0 for a model trained without the T5 slot (flash-edge's distilled students),
+# which then runs with 77 text tokens unless the user asks otherwise.
+DEFAULTS_FILE = "flash_edge.json"
 
 
 @dataclass
@@ -37,6 +41,7 @@ class SD3Model:
     text_encoder_3: object | None
     scheduler_config: dict
     tokenizer_dirs: dict[str, Path] = field(default_factory=dict)  # keyed by text-encoder component
+    defaults: dict = field(default_factory=dict)  # from the folder's DEFAULTS_FILE (see read_defaults)
 
     def tokenizer(self, component: str):
         """The transformers tokenizer diffusers would use for ``component``."""
@@ -84,6 +89,19 @@ def check_weights(folder: Path) -> list[Path]:
         except Exception as e:  # safetensors raises SafetensorError/OSError with terse messages
             raise ModelLoadError(f"corrupt safetensors file {f}: {e}") from None
     return tensors
+
+
+def read_defaults(path: Path) -> dict:
+    """The folder's generation defaults (``DEFAULTS_FILE``), checked; {} when it has none."""
+    file = path / DEFAULTS_FILE
+    if not file.is_file():
+        return {}
+    data = _read_json(file, f"model folder {path} has a bad {DEFAULTS_FILE}")
+    t5_tokens = data.get("t5_tokens", None)
+    if t5_tokens is not None and (not isinstance(t5_tokens, int) or isinstance(t5_tokens, bool)
+                                  or not 0 <= t5_tokens <= 512):
+        raise ModelLoadError(f"{file}: t5_tokens must be an integer from 0 to 512, got {t5_tokens!r}")
+    return {"t5_tokens": t5_tokens} if t5_tokens is not None else {}
 
 
 def check_folder(path: Path, t5: bool) -> dict:
@@ -146,6 +164,7 @@ def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None, config
     else:
         path, name = Path(source).expanduser(), Path(source).name
     check_folder(path, t5)
+    defaults = read_defaults(path)
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json", f"model folder {path} is incomplete")
     dtype = dtype or torch.float32
     parts = {p: _load_part(path, p, dtype) for p in MODEL_PARTS if p != "text_encoder_3" or t5}
@@ -154,4 +173,5 @@ def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None, config
         tok_dirs["text_encoder_3"] = path / "tokenizer_3"
     return SD3Model(name=name, path=path, transformer=parts["transformer"], vae=parts["vae"],
                     text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
-                    text_encoder_3=parts.get("text_encoder_3"), scheduler_config=scheduler, tokenizer_dirs=tok_dirs)
+                    text_encoder_3=parts.get("text_encoder_3"), scheduler_config=scheduler, tokenizer_dirs=tok_dirs,
+                    defaults=defaults)

@@ -1,42 +1,45 @@
-"""The built-in default model ``tiny``: the SD3.5-Medium architecture at a size that runs in milliseconds.
+"""The built-in default model ``tiny``: a trained 4-step SD3.5-Flash student at a size that runs in milliseconds.
 
-Same classes and features as SD3.5-Medium (MMDiT-X dual-attention layers, qk rms-norm, 16-channel VAE with
-scaling and shift factors, CLIP-L/CLIP-G-style text encoders with projection, no T5), random weights from a
-fixed seed. It is written as a real diffusers folder (``StableDiffusion3Pipeline.save_pretrained``) into the
-cache and loaded back through the same loader users' folders go through.
+``flash_edge/models/tiny_model/`` is a real diffusers folder (safetensors, fp16 weights loaded as fp32) shipped
+inside the package: the SD3.5-Medium classes (MMDiT-X dual-attention layers, qk rms-norm, 16-channel VAE with
+fitted scaling and shift, CLIP-L/CLIP-G-style encoders with projection, no T5) trained on CPU with the paper's
+recipe on the procedural shapes dataset (``flash_edge.distill``). Its ``flash_edge.json`` says it was trained
+without the T5 slot (77 text tokens). ``python -m flash_edge.distill ship`` writes the folder from a training run;
+``tiny_model/TRAINING.md`` records the command and seed that made it.
+
+``tiny_folder(t5=True)`` is the same folder plus a T5 encoder and tokenizer with random weights from a fixed seed
+(the student never saw T5 states) and diffusers' 256 T5 slots: it exercises the T5 export path and diffusers
+parity, not picture quality. It is built once into the cache (``FLASH_EDGE_HOME``), keyed by the shipped weights'
+hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from .tokenizer_files import save_clip_tokenizer, shipped_vocab_and_merges
+from .tokenizer_files import shipped_vocab_and_merges
 
-RECIPE = "tiny-v1"  # bump when the recipe below changes, so stale caches are not reused
-SEED = 20250925
-RESOLUTION = 128  # default image side: transformer sample_size (16) x VAE factor (8)
-CLIP_L = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
-              hidden_act="quick_gelu")
-CLIP_G = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, projection_dim=64,
-              hidden_act="gelu")
-TRANSFORMER = dict(sample_size=RESOLUTION // 8, patch_size=2, in_channels=16, out_channels=16, num_layers=4,
-                   attention_head_dim=16, num_attention_heads=4, joint_attention_dim=128, caption_projection_dim=64,
-                   pooled_projection_dim=CLIP_L["projection_dim"] + CLIP_G["projection_dim"], pos_embed_max_size=32,
-                   dual_attention_layers=(0, 1), qk_norm="rms_norm")
-VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 32, 32), layers_per_block=1,
-           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-           sample_size=RESOLUTION, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
-           use_post_quant_conv=False)
-T5 = dict(d_model=128, d_kv=16, d_ff=256, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-          feed_forward_proj="gated-gelu")  # d_model = joint_attention_dim, as in SD3 (4096)
-SHIFT = 3.0
+SHIPPED = Path(__file__).resolve().parent / "tiny_model"
+T5_SEED = 20250925
+T5 = dict(d_kv=16, d_ff=256, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+          feed_forward_proj="gated-gelu")  # d_model = the transformer's joint_attention_dim, as in SD3 (4096)
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("FLASH_EDGE_HOME") or Path.home() / ".cache" / "flash-edge")
+
+
+def shipped_digest() -> str:
+    """Short hash of the shipped weights: the cache key of folders derived from them."""
+    h = hashlib.sha256()
+    for f in sorted(SHIPPED.glob("*/*.safetensors")):
+        h.update(f.relative_to(SHIPPED).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _t5_tokenizer(directory: Path):
@@ -56,47 +59,46 @@ def _t5_tokenizer(directory: Path):
     return fast
 
 
-def build_tiny(directory: str | Path, t5: bool = False) -> Path:
-    """Create the tiny model deterministically and save it as a diffusers folder at ``directory``."""
-    import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+def _add_t5(directory: Path) -> None:
+    """Random-weight T5 encoder (``text_encoder_3``) and its tokenizer (``tokenizer_3``), registered in
+    ``model_index.json`` as diffusers writes them."""
+    import json
 
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    index = json.loads((directory / "model_index.json").read_text())
+    joint = json.loads((directory / "transformer" / "config.json").read_text())["joint_attention_dim"]
+    tok = _t5_tokenizer(directory / "tokenizer_3")
+    torch.manual_seed(T5_SEED)
+    T5EncoderModel(T5Config(**T5, d_model=joint, vocab_size=len(tok), pad_token_id=0, eos_token_id=1,
+                            decoder_start_token_id=0)).save_pretrained(str(directory / "text_encoder_3"))
+    index.update(text_encoder_3=["transformers", "T5EncoderModel"],
+                 tokenizer_3=["transformers", "PreTrainedTokenizerFast"])
+    (directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def build_tiny(directory: str | Path, t5: bool = False) -> Path:
+    """Write the built-in model as a diffusers folder at ``directory`` (with a T5 encoder if ``t5``)."""
     directory = Path(directory)
-    with tempfile.TemporaryDirectory() as tmp:
-        tok_l = save_clip_tokenizer(Path(tmp) / "l")
-        tok_g = save_clip_tokenizer(Path(tmp) / "g", pad_token="!")
-        common = dict(vocab_size=len(tok_l), max_position_embeddings=77, bos_token_id=tok_l.bos_token_id,
-                      eos_token_id=tok_l.eos_token_id)
-        torch.manual_seed(SEED)
-        parts = dict(
-            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L, **common, pad_token_id=tok_l.pad_token_id)),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G, **common, pad_token_id=tok_g.pad_token_id)),
-            transformer=SD3Transformer2DModel(**TRANSFORMER),
-            vae=AutoencoderKL(**VAE),
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
-            tokenizer=tok_l, tokenizer_2=tok_g, text_encoder_3=None, tokenizer_3=None)
-        if t5:
-            tok_t5 = _t5_tokenizer(Path(tmp) / "t5")
-            parts.update(tokenizer_3=tok_t5, text_encoder_3=T5EncoderModel(T5Config(
-                **T5, vocab_size=len(tok_t5), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)))
-        pipe = StableDiffusion3Pipeline(**parts)
-        pipe.save_pretrained(str(directory), safe_serialization=True)
-        for sub, src in (("tokenizer", "l"), ("tokenizer_2", "g")):  # vocab.json + merges.txt, as real folders have
-            for name in ("vocab.json", "merges.txt"):
-                shutil.copyfile(Path(tmp) / src / name, directory / sub / name)
+    shutil.copytree(SHIPPED, directory, ignore=shutil.ignore_patterns("TRAINING.md"), dirs_exist_ok=True)
+    if t5:
+        _add_t5(directory)
+        (directory / "flash_edge.json").unlink()  # T5 states need their slots: diffusers' 256 by default
     return directory
 
 
 def tiny_folder(t5: bool = False) -> Path:
-    """The cached diffusers folder of the built-in model, built atomically on first use."""
-    target = cache_root() / (RECIPE + ("-t5" if t5 else ""))
+    """The diffusers folder of the built-in model: the shipped one, or (``t5``) its cached T5 variant."""
+    if not t5:
+        return SHIPPED
+    target = cache_root() / f"tiny-t5-{shipped_digest()}"
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        build_tiny(tmp, t5=t5)
+        build_tiny(tmp, t5=True)
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race; its folder is identical
