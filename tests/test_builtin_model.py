@@ -28,3 +28,22 @@ def test_sdk_pipeline_draws_what_the_training_code_draws():
     for i, prompt in enumerate(prompts):
         mine = as_uint8(pipe.generate(prompt, seed=i))
         assert np.abs(mine.astype(int) - theirs[i].astype(int)).max() <= 1, prompt
+
+
+def test_builtin_model_draws_what_the_prompt_asks():
+    """Prompt adherence, read from the pixels (mini-GenEval) on 40 held-out prompts: measured colour 0.50, shape
+    0.26, position 0.26 with the right prompts and 0.29 / 0.06 / 0.06 when the same pictures are scored against
+    other prompts. Floors sit ~0.08 under the measurement (deterministic seeds; only float summation order can
+    move a borderline pixel), and the gap to the shuffled prompts must stay, so random weights (blank or noise
+    pictures) or a broken conditioning path fail."""
+    from flash_edge.distill.evaluate import eval_prompts
+    from flash_edge.eval.geneval import score
+
+    prompts = eval_prompts(40)
+    pipe = FlashPipeline.from_model("tiny")
+    images = [as_uint8(pipe.generate(p, seed=i)) for i, p in enumerate(prompts)]
+    right, shuffled = score(images, prompts), score(images, prompts[20:] + prompts[:20])
+    for category, floor in (("colour", 0.42), ("shape", 0.18), ("position", 0.18)):
+        assert right.per_category[category] >= floor, right.as_dict()
+        assert right.per_category[category] >= shuffled.per_category[category] + 0.1, (right.as_dict(),
+                                                                                      shuffled.as_dict())

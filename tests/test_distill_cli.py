@@ -22,7 +22,7 @@ def test_every_stage_writes_a_folder_the_sdk_loads(tmp_path, capsys):
         model = load_model(out / name)
         assert list(model.transformer.config.dual_attention_layers) == [0] and model.vae.config.latent_channels == 16
     assert torch.load(out / "teacher" / "train_state.pt", weights_only=False)["step"] == 2
-    split = json.loads((out / "split.json").read_text())
+    split = json.loads((out / "split-4step.json").read_text())
     assert split["ratio"] in (0.3, 0.7) and set(split["scores"]) == {"0.3", "0.7"}
     stages = {json.loads(line)["stage"] for line in (out / "log.jsonl").read_text().splitlines()}
     assert stages == {"vae", "teacher", "trajectory", "dmd", "split"}

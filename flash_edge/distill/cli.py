@@ -6,7 +6,7 @@
 Stages (``--stages``, default all, in this order; a stage whose output folder exists is loaded, not redone):
 ``vae`` -> ``vae/``; ``teacher`` -> ``teacher/`` (+ ``teacher/train_state.pt``: an interrupted run resumes);
 ``pairs`` -> ``pairs-{k}step.pt``; ``trajectory`` -> ``student-{k}step-trajectory/``; ``dmd`` ->
-``student-{k}step-dmd[-random]/``; ``split`` -> ``student-{k}step-split/`` (+ ``split.json``: the merge ratio
+``student-{k}step-dmd[-random]/``; ``split`` -> ``student-{k}step-split/`` (+ ``split-{k}step.json``: the merge ratio
 chosen on mini-GenEval). Every folder is a diffusers folder the SDK loads. Losses go to ``log.jsonl``.
 
     python -m flash_edge.distill eval --model out/distill/teacher --steps 40 --guidance 4
@@ -230,7 +230,7 @@ def train(a) -> int:
                                           lambda m: evaluate(family, m, k, n=a.eval_n)[0].overall)
         run.save(family, s3, split.merge(low, high, best))
         if ctx.main:
-            (out / "split.json").write_text(json.dumps({"ratio": best, "scores": scores}, indent=1) + "\n")
+            (out / f"split-{k}step.json").write_text(json.dumps({"ratio": best, "scores": scores}, indent=1) + "\n")
     return 0
 
 
