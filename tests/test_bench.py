@@ -150,8 +150,10 @@ def test_with_steps_rebuilds_the_schedule_from_the_bundles_shift(torch_bundle, t
     assert two.sessions is pipe.sessions and two.spec.sampler.steps == 2
     reference = FlashPipeline.from_model(tiny_dir, steps=2)
     assert two.spec.sampler == reference.spec.sampler
+    # same weights, reloaded from the bundle's safetensors: oneDNN's GEMMs depend on the weights' memory
+    # alignment, so summation order may differ (measured 1.1e-6 on the trained tiny); 1e-5 << one 8-bit level
     np.testing.assert_allclose(two.generate("a red circle", seed=3), reference.generate("a red circle", seed=3),
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the tiny scenario, end to end
@@ -244,8 +246,10 @@ def test_report_sizes_bits_and_quality_are_consistent(report):
     # weights dominate the files: fp32 just above 32 bits, bf16 just above 16 (safetensors header + config)
     assert 32 <= fp32["size"]["components"]["transformer"]["bits_per_parameter"] < 36
     assert 16 <= bf16["size"]["components"]["transformer"]["bits_per_parameter"] < 18
-    # the fp32 bundle reloads the reference's weights: the same images; bf16 is close but not equal
-    assert fp32["quality"]["psnr_db_pooled"] == "inf" and fp32["quality"]["ssim_mean"] == 1.0
+    # the fp32 bundle reloads the reference's weights: the same images up to GEMM summation order (oneDNN's
+    # order follows the weights' memory alignment; measured 140.6 dB, or exact); bf16 is close but not equal
+    p = fp32["quality"]["psnr_db_pooled"]
+    assert (p == "inf" or p > 100) and fp32["quality"]["ssim_mean"] > 0.99999
     assert fp32["quality"]["prompts"] == 8 and len(fp32["quality"]["ssim"]) == 8
     assert 30 < bf16["quality"]["psnr_db_pooled"] < 80 and 0.98 < bf16["quality"]["ssim_mean"] < 1.0
 
@@ -258,7 +262,8 @@ def test_report_markdown_and_plots(report):
     rows = [ln for ln in summary.strip().splitlines() if ln.startswith("|")][2:]
     assert [row.split("|")[1].strip() for row in rows] == [b["label"] for b in r["bundles"]]
     assert all(row.count("|") == len(bench_cli_summary_header()) + 1 for row in rows)
-    assert "exact (inf)" in rows[0] and "n/a" not in summary
+    psnr_cell = rows[0].split("|")[len(bench_cli_summary_header()) - 2].strip()  # the fp32 bundle's PSNR
+    assert (psnr_cell == "exact (inf)" or float(psnr_cell) > 100) and "n/a" not in summary
     for section in ("## Latency", "## Peak resident memory", "## Artifact size", "## Quality", "## Transformer compute"):
         assert section in md
     from PIL import Image

@@ -85,7 +85,7 @@ def test_manifest_records_every_constant(torch_bundle, tiny_dir):
     assert g["text"]["t5"] == "zeros" and g["text"]["sequence_length"] == 77  # tiny's flash_edge.json: no T5 slot
     tr = m["components"]["transformer"]
     assert [t["name"] for t in tr["inputs"]] == ["latent", "timestep", "encoder_hidden_states", "pooled_projections"]
-    assert tr["outputs"] == [{"name": "velocity", "shape": [1, 16, 16, 16], "dtype": "float32"}]
+    assert tr["outputs"] == [{"name": "velocity", "shape": [1, 16, 8, 8], "dtype": "float32"}]
     # every file of the bundle is listed with size and sha256, the manifest itself excepted
     on_disk = {p.relative_to(torch_bundle).as_posix() for p in torch_bundle.rglob("*") if p.is_file()}
     assert set(m["files"]) == on_disk - {"manifest.json"}
@@ -195,7 +195,7 @@ def _edit_manifest(bundle: Path, **changes) -> None:
     (lambda b: (b / "manifest.json").unlink(), r"is not a flash-edge bundle: it has no manifest.json"),
     (lambda b: (b / "transformer" / "config.json").unlink(), r"bundle file .*transformer/config.json is missing"),
     (lambda b: (b / "transformer" / "config.json").write_text(
-        (b / "transformer" / "config.json").read_text().replace('"num_layers": 4', '"num_layers": 5')),
+        (b / "transformer" / "config.json").read_text().replace('"num_layers": 6', '"num_layers": 7')),
      r"transformer/config.json does not match its sha256"),
     (lambda b: (b / "vae_decoder" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 10),
      r"diffusion_pytorch_model.safetensors has 10 bytes, the manifest says \d+: it is truncated"),

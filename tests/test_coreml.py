@@ -99,8 +99,9 @@ def test_palettized_weights_are_6bit_luts_and_protected_ones_are_not(c6, tiny_pa
         assert set(luts) == set(expected), name
         assert entry["options"]["palettized_weights"] == {c: list(expected.values()).count(c)
                                                           for c in set(expected.values())}
-        for pname in plain:
-            assert category(pname) not in PALETTIZED or wrappers[name].get_parameter(pname).numel() < 1024, pname
+        for pname in plain:  # kept fp16: not a compressed kind, a vector (biases, norm scales) or a small weight
+            p = wrappers[name].get_parameter(pname)
+            assert category(pname) not in PALETTIZED or p.dim() < 2 or p.numel() < 1024, pname
         if name == "transformer":  # each compressed kind is present, each protected kind is there in fp16
             assert {category(p) for p in luts} == {"attention", "mlp", "adaln", "conditioning"}
             # (its qk rms-norm weights are still at their init, ones, and coremltools folds a multiply by one)
@@ -257,8 +258,8 @@ def test_chunks_out_of_range_is_a_clear_error(tiny_parts):
     from flash_edge.export.coreml_chunks import split_points
 
     wrappers, _ = tiny_parts
-    for k in (0, 5):
-        with pytest.raises(InvalidInput, match="--chunks must be from 1 to the transformer's 4 blocks"):
+    for k in (0, 7):
+        with pytest.raises(InvalidInput, match="--chunks must be from 1 to the transformer's 6 blocks"):
             split_points(wrappers["transformer"].model, k)
 
 
@@ -370,7 +371,7 @@ def test_cli_options_belong_to_coreml(tmp_path, capsys):
     assert "choose one of fp16, w8, w6, w4" in capsys.readouterr().err
     assert main(["--target", "coreml", "--precision", "fp16", "--chunks", "9", "--out", str(tmp_path / "c"),
                  "--quiet"]) == 2
-    assert "--chunks must be from 1 to the transformer's 4 blocks" in capsys.readouterr().err
+    assert "--chunks must be from 1 to the transformer's 6 blocks" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))  # nothing half-written
     if not ON_MAC:
         assert main(["--target", "coreml", "--compile", "--out", str(tmp_path / "d"), "--quiet"]) == 2

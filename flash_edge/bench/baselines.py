@@ -94,7 +94,7 @@ def diffusers_baseline(source: str, bundle: Bundle, prompt: str, repeats: int, r
         with torch.inference_mode():
             return pipe(prompt, num_inference_steps=spec.sampler.steps, guidance_scale=spec.sampler.guidance_scale,
                         height=spec.height, width=spec.width, output_type="np", latents=latents.clone(),
-                        max_sequence_length=spec.text.t5_tokens or 256).images
+                        max_sequence_length=spec.text.t5_tokens).images
 
     say(f"  diffusers StableDiffusion3Pipeline, {spec.sampler.steps} step(s): {repeats} run(s)")
     image = run()[0].transpose(2, 0, 1)[None]
