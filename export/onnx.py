@@ -37,15 +37,17 @@ OFFLINE_OPTIMIZER_SKIPPED = (
 # (README "ONNX target"; min over 4 prompts/seeds for the image):
 # - fp32: components 128-144 dB, image 129 dB: only kernel summation order differs; 60 dB as the torch target.
 # - fp16: components 68-77 dB, image 65 dB; 35 dB is the cross-target bar for half precision.
-# - int8 dynamic: text encoders 43.1 / 47.2, transformer 57.0, image 57.7; with --quantize-vae the VAE 39.4
-#   and the image 39.3. int8 QDQ: text encoders 39.8 / 41.8, transformer 53.5, image 45.0; VAE 35.0.
+# - int8 dynamic, on the trained tiny: text encoders 50.8 / 53.1, transformer 54.6, image 55.1 at the gate's
+#   prompt but 49.5 at another (trained weights: some prompts' 4-step trajectories move more); on the earlier
+#   random-weight tiny, with --quantize-vae the VAE 39.4 and the image 39.3. int8 QDQ (random-weight tiny):
+#   text encoders 39.8 / 41.8, transformer 53.5, image 45.0; VAE 35.0.
 #   Floors sit ~5 dB under the measured values: a wrong scale or an op quantized that must not be costs
 #   10-30 dB, while CPU kernels (VNNI or not) and library versions move the result by a dB or two.
 FLOORS = {
     ("fp32", "*"): {"*": 60.0},
     ("fp16", "*"): {"*": 35.0},
     ("int8", "dynamic"): {"text_encoder": 38.0, "text_encoder_2": 38.0, "text_encoder_3": 38.0,
-                          "transformer": 50.0, "vae_decoder": 60.0, "image": 50.0},
+                          "transformer": 50.0, "vae_decoder": 60.0, "image": 45.0},
     ("int8", "qdq"): {"text_encoder": 35.0, "text_encoder_2": 35.0, "text_encoder_3": 35.0,
                       "transformer": 48.0, "vae_decoder": 60.0, "image": 40.0},
 }

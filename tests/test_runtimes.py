@@ -48,11 +48,11 @@ def test_per_component_override_and_info(torch_bundle):
 def test_session_checks_inputs_against_the_spec(torch_bundle):
     pipe = FlashPipeline.from_bundle(torch_bundle)
     vae = pipe.sessions["vae_decoder"]
-    with pytest.raises(InvalidInput, match=r"vae_decoder input latent has shape \(1, 16, 8, 8\), expected \(1, 16, 16, 16\)"):
-        vae.run({"latent": np.zeros((1, 16, 8, 8), np.float32)})
+    with pytest.raises(InvalidInput, match=r"vae_decoder input latent has shape \(1, 16, 16, 16\), expected \(1, 16, 8, 8\)"):
+        vae.run({"latent": np.zeros((1, 16, 16, 16), np.float32)})
     with pytest.raises(InvalidInput, match=r"vae_decoder takes inputs \['latent'\], got \['x'\]"):
-        vae.run({"x": np.zeros((1, 16, 16, 16), np.float32)})
-    image = vae.run({"latent": np.zeros((1, 16, 16, 16), np.float32)})["image"]
+        vae.run({"x": np.zeros((1, 16, 8, 8), np.float32)})
+    image = vae.run({"latent": np.zeros((1, 16, 8, 8), np.float32)})["image"]
     assert image.shape == (1, 3, 64, 64) and image.dtype == np.float32 and 0 <= image.min() <= image.max() <= 1
 
 

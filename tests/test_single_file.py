@@ -73,7 +73,7 @@ def test_inverse_layout_helper_is_exact(tiny_dir):
 
     t = load_file(str(tiny_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
     back = convert_sd3_transformer_checkpoint_to_diffusers(
-        {TRANSFORMER_PREFIX + k: v for k, v in transformer_to_original(t, 4).items()})
+        {TRANSFORMER_PREFIX + k: v for k, v in transformer_to_original(t, 6).items()})
     assert sorted(back) == sorted(t) and all(torch.equal(back[k], t[k]) for k in t)
     v = load_file(str(tiny_dir / "vae" / "diffusion_pytorch_model.safetensors"))
     original = vae_to_original(v, 4)
@@ -173,7 +173,7 @@ def test_unknown_layouts_are_refused_naming_the_keys(work, tiny_dir):
                                              r"context_embedder\.weight"):
         load_model(unet, config=tiny_dir)
     diffusers_format = tiny_dir / "transformer" / "diffusion_pytorch_model.safetensors"
-    with pytest.raises(ModelLoadError, match=r"159 of 159 keys .*: context_embedder\.bias, .*load the diffusers "
+    with pytest.raises(ModelLoadError, match=r"233 of 233 keys .*: context_embedder\.bias, .*load the diffusers "
                                              r"folder it belongs to"):
         load_model(diffusers_format, config=tiny_dir)
 
@@ -182,7 +182,7 @@ def test_transformer_without_prefix_is_accepted(tiny_dir, work, identity_dir):
     """ComfyUI's diffusion_models/ files: the MMDiT alone, no model.diffusion_model. prefix."""
     t = load_file(str(tiny_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
     f = work / "bare_mmdit.safetensors"
-    save_file({k: v.contiguous() for k, v in transformer_to_original(t, 4).items()}, str(f))
+    save_file({k: v.contiguous() for k, v in transformer_to_original(t, 6).items()}, str(f))
     assert_same_weights(load_model(f, config=identity_dir), load_model(identity_dir))
 
 
@@ -192,7 +192,7 @@ def test_config_of_another_architecture_is_refused(ckpt, tiny_dir, work):
     (cfg / "transformer" / "config.json").write_text(json.dumps({**tcfg, "num_layers": 3,
                                                                   "dual_attention_layers": [0, 1]}))
     with pytest.raises(ModelLoadError, match=r"transformer in .* does not match .*three-layers/transformer/"
-                                             r"config\.json \(checkpoint: 4 layers, hidden 64; config: 3 layers, hidden 64\): "
+                                             r"config\.json \(checkpoint: 6 layers, hidden 128; config: 3 layers, hidden 128\): "
                                              r"unexpected weights transformer_blocks\.2\."):
         load_model(ckpt, config=cfg)
 
@@ -233,8 +233,9 @@ def test_cli_exports_and_generates_from_a_single_file(tiny_dir, work, identity_d
     assert code == 0, err
     bundle = FlashPipeline.from_bundle(work / "b")
     assert bundle.info["model"] == "tiny"
-    np.testing.assert_array_equal(bundle.generate(PROMPT, seed=1),
-                                  FlashPipeline.from_model(identity_dir, steps=2).generate(PROMPT, seed=1))
+    # same weights; GEMM summation order follows the weights' memory alignment (see above): 1e-5 << 1/255
+    np.testing.assert_allclose(bundle.generate(PROMPT, seed=1),
+                               FlashPipeline.from_model(identity_dir, steps=2).generate(PROMPT, seed=1), rtol=0, atol=1e-5)
     alone = write_single_file(tiny_dir, work / "cli-alone" / "x.safetensors")  # no configs beside it
     code, err = run_cli(export_cli.main, "--target", "torch", "--model", alone, "--out", work / "c")
     assert code == 2 and "--config DIR" in err and "Traceback" not in err and not (work / "c").exists()

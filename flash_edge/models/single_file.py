@@ -290,7 +290,7 @@ def load_single_file(path, config=None, t5: bool = False, dtype=None, text_encod
     """
     import torch
 
-    from .loading import SD3Model, _load_part
+    from .loading import SD3Model, _load_part, read_defaults
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -314,4 +314,4 @@ def load_single_file(path, config=None, t5: bool = False, dtype=None, text_encod
     return SD3Model(name=path.stem, path=path, transformer=transformer, vae=vae,
                     text_encoder=encoders["text_encoder"], text_encoder_2=encoders["text_encoder_2"],
                     text_encoder_3=encoders.get("text_encoder_3"), scheduler_config=scheduler,
-                    tokenizer_dirs=tok_dirs)
+                    tokenizer_dirs=tok_dirs, defaults=read_defaults(config))  # the config folder's flash_edge.json
