@@ -19,21 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def as_uint8(image: np.ndarray) -> np.ndarray:
-    """The pipeline's (1, 3, H, W) in [0, 1] -> (H, W, 3) uint8, as a PNG stores it."""
-    return (np.clip(image[0].transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
-
-
-def pooled_psnr(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float]:
-    """(PSNR of the pooled MSE, worst single-prompt PSNR) on [0, 1] floats, in dB."""
-    mses = [float(np.mean((r.astype(np.float64) - c.astype(np.float64)) ** 2)) for r, c in zip(reference, candidate)]
-    db = lambda m: math.inf if m == 0 else 10 * math.log10(1.0 / m)  # noqa: E731
-    return db(float(np.mean(mses))), db(max(mses))
 
 
 def main(argv=None) -> int:
@@ -43,6 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
 
+    from flash_edge.bench.quality import compare
+    from flash_edge.bench.size import artifact_sizes
+    from flash_edge.bundle import Bundle
     from flash_edge.cli.common import quiet_libraries
     from flash_edge.distill.evaluate import eval_prompts
     from flash_edge.errors import FlashError
@@ -58,15 +47,15 @@ def main(argv=None) -> int:
     size = reference.spec.height
     prompts = eval_prompts(a.n, size=size)
     say(f"reference: {a.n} prompts")
-    ref_float = [reference.generate(p, seed=i) for i, p in enumerate(prompts)]
-    ref_score = score([as_uint8(x) for x in ref_float], prompts)
+    ref_images = [reference.generate(p, seed=i) for i, p in enumerate(prompts)]
+    ref_score = score(ref_images, prompts)  # floats in [0, 1], rounded to 8 bits as a PNG stores them
     rows = [{"bundle": "PyTorch fp32 reference", "target": "torch", "precision": "fp32 (reference)",
              "psnr_db_pooled": math.inf, "psnr_db_min": math.inf, "geneval": ref_score.as_dict()}]
     for path in bundles:
-        manifest = json.loads((path / "manifest.json").read_text())
-        row = {"bundle": path.name, "target": manifest["target"],
-               "precision": path.name.rsplit("-", 1)[-1],
-               "size_mb": round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6, 2),
+        bundle = Bundle.open(path)
+        manifest = bundle.manifest
+        row = {"bundle": path.name, "target": manifest["target"], "precision": manifest["precision"],
+               "size_mb": round(artifact_sizes(bundle)["bundle_bytes"] / 1e6, 2),
                "export_image_psnr_db": (((manifest.get("parity") or {}).get("results") or {}).get("image") or {})
                .get("psnr_db")}
         try:
@@ -79,8 +68,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         images = [pipe.generate(p, seed=i) for i, p in enumerate(prompts)]
         row["seconds"] = round(time.perf_counter() - t0, 1)
-        row["psnr_db_pooled"], row["psnr_db_min"] = pooled_psnr(ref_float, images)
-        row["geneval"] = score([as_uint8(x) for x in images], prompts).as_dict()
+        quality = compare(ref_images, images)
+        row["psnr_db_pooled"], row["psnr_db_min"] = quality["psnr_db_pooled"], quality["psnr_db_min"]
+        row["geneval"] = score(images, prompts).as_dict()
         rows.append(row)
     for name, why in skipped.items():
         rows.append({"bundle": name, "not_exported": why.splitlines()[0]})

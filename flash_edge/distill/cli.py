@@ -254,8 +254,7 @@ def evaluate_cmd(a) -> int:
 def ship_cmd(a) -> int:
     """Student folder -> the built-in model: weights stored fp16 (half the bytes; the SDK loads them as fp32,
     so the fp16-rounded weights *are* the model every parity number refers to), plus TRAINING.md."""
-    import shutil
-
+    from ..bundle import atomic_directory
     from .models import Family
 
     src = a.run / a.student
@@ -265,14 +264,11 @@ def ship_cmd(a) -> int:
     family = Family.load(src)
     for m in (family.transformer, family.vae, family.text_encoder, family.text_encoder_2):
         m.half()
-    tmp = a.to.parent / f".{a.to.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    family.save(tmp)
-    (tmp / "TRAINING.md").write_text(
-        f"# The built-in model `tiny`\n\nShipped from `{a.student}` of a `python -m flash_edge.distill train` run "
-        f"with `python -m flash_edge.distill ship --run RUN --student {a.student}`.\n\n{a.note}\n")
-    shutil.rmtree(a.to, ignore_errors=True)
-    tmp.replace(a.to)
+    with atomic_directory(a.to, force=True) as tmp:
+        family.save(tmp)
+        (tmp / "TRAINING.md").write_text(
+            f"# The built-in model `tiny`\n\nShipped from `{a.student}` of a `python -m flash_edge.distill train` "
+            f"run with `python -m flash_edge.distill ship --run RUN --student {a.student}`.\n\n{a.note}\n")
     print(f"wrote {a.to}")
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.loading import DEFAULTS_FILE
 from ..models.tokenizer_files import save_clip_tokenizer
 
 
@@ -114,8 +115,8 @@ class Family:
                 for name in ("vocab.json", "merges.txt"):
                     shutil.copyfile(Path(tmp) / sub / name, directory / sub / name)
         (directory / "family.json").write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
-        # How the SDK must run it (flash_edge.models.loading.DEFAULTS_FILE): with the T5 slot it was trained with.
-        (directory / "flash_edge.json").write_text(json.dumps({"t5_tokens": self.config.t5_tokens}) + "\n")
+        # How the SDK must run it: with the T5 slot it was trained with.
+        (directory / DEFAULTS_FILE).write_text(json.dumps({"t5_tokens": self.config.t5_tokens}) + "\n")
         return directory
 
     @classmethod
