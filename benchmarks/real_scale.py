@@ -202,7 +202,8 @@ def transformer_spec(arch: str, size: int, text_tokens: int = 333):
         TensorSpec("pooled_projections", (1, cfg["pooled_projection_dim"]))), (TensorSpec("velocity", latent),))
 
 
-def export_full(arch: str, target: str, precision: str, size: int, work: Path, threads: int) -> dict:
+def export_full(arch: str, target: str, precision: str, size: int, work: Path, threads: int,
+                options: dict | None = None) -> dict:
     import gc
 
     import numpy as np
@@ -215,7 +216,8 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
     from flash_edge.versions import package_versions
 
     torch.set_num_threads(threads)
-    exporter = get_exporter(target, precision)
+    options = options or {}
+    exporter = get_exporter(target, precision, **options)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     spec = transformer_spec(arch, size)
     feeds = spec.dummy_inputs(seed=0)
@@ -261,7 +263,8 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
     result = {"architecture": arch, "config": {k: list(v) if isinstance(v, tuple) else v
                                                for k, v in TRANSFORMERS[arch].items()},
               "parameters": n_params, "target": target, "precision": exporter.precision, "size": size,
-              "text_tokens": spec.inputs[2].shape[1], "threads": threads,
+              "text_tokens": spec.inputs[2].shape[1], "threads": threads, "exporter_options": options,
+              "chunks": len(entry.options.get("chunks") or [None]),
               "artifact": {"path": entry.path, "files": {f: (root / f).stat().st_size for f in entry.files},
                            "bytes": sum((root / f).stat().st_size for f in entry.files)},
               "tools": package_versions(["torch", "diffusers", "transformers", "safetensors", "numpy",
@@ -303,6 +306,8 @@ def main(argv=None) -> int:
     e.add_argument("--size", type=int, default=512)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--work", help="folder for the artifact (default: a temporary folder, removed after)")
+    e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an exporter option, as flash-export's flag without dashes (chunks=5, deployment_target=iOS18)")
     p.add_argument("--no-save", action="store_true", help=f"print only; do not merge into {RESULTS}")
     args = p.parse_args(argv)
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -314,11 +319,12 @@ def main(argv=None) -> int:
     else:
         work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="real-scale-"))
         try:
-            value = export_full(args.arch, args.target, args.precision, args.size, work, args.threads)
+            options = dict(o.split("=", 1) for o in args.option)
+            value = export_full(args.arch, args.target, args.precision, args.size, work, args.threads, options)
         finally:
             if not args.work:
                 shutil.rmtree(work, ignore_errors=True)
-        value["command"] = "nice -n 10 .venv/bin/python -m benchmarks.real_scale " + " ".join(argv or sys.argv[1:])
+        value["command"] = "nice -n 5 .venv/bin/python -m benchmarks.real_scale " + " ".join(argv or sys.argv[1:])
         key = f"export/{args.arch}/{args.target}-{args.precision}-{args.size}"
     print(json.dumps(value, indent=2))
     if not args.no_save:

@@ -18,6 +18,26 @@ from ..errors import BackendUnavailable, InvalidInput
 from ..spec import ComponentSpec
 
 
+# --chunks, shared by the targets that split the transformer (export/chunks.py; flash-export adds it once)
+CHUNK_LIMIT_BYTES = 2**31 - 256 * 2**20  # "auto": each piece's fp32 weights under protobuf's 2 GB, with room
+CHUNKS_OPTION = {"--chunks": dict(default="auto", help="split the transformer into K programs run one after "
+                                  "another (auto: onnx int8 and coreml split a transformer whose fp32 weights pass "
+                                  "2 GB into pieces under 2 GB each, converted and quantized one at a time; else 1)")}
+
+
+def parse_chunks(value) -> str | int:
+    """``"auto"`` or a count >= 1, from the command line or the Python API."""
+    if value in (None, "auto"):
+        return "auto"
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"--chunks must be auto or a whole number, got {value!r}") from None
+    if count < 1:
+        raise InvalidInput(f"--chunks must be at least 1, got {value!r}")
+    return count
+
+
 @dataclass
 class Artifact:
     """What an exporter wrote for one component (paths relative to the bundle root)."""

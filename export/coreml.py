@@ -22,7 +22,7 @@ import platform
 from pathlib import Path
 
 from ..errors import ExportError
-from .base import Artifact, Exporter
+from .base import CHUNK_LIMIT_BYTES, CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .coreml_palettize import BITS, Policy, decompressed_weights, load_into
 
 DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
@@ -39,8 +39,7 @@ class CoreMLExporter(Exporter):
     packages = ("coremltools", "torch", "diffusers", "transformers")
     extra = "coreml"
     cli_options = {
-        "--chunks": dict(type=int, default=1, help="split the transformer into K Core ML programs of about equal "
-                         "weight (default 1)"),
+        **CHUNKS_OPTION,
         "--deployment-target": dict(choices=DEPLOYMENT_TARGETS, default="iOS17", help="minimum OS (default iOS17; "
                                     "iOS18 allows one LUT per 16 output channels instead of one per tensor)"),
         "--compute-units": dict(choices=COMPUTE_UNITS, default="CPU_AND_NE", help="compute units the bundle is "
@@ -53,7 +52,7 @@ class CoreMLExporter(Exporter):
 
     def __init__(self, precision=None, **options):
         super().__init__(precision, **options)
-        self.chunks = int(options.get("chunks") or 1)
+        self.chunks = parse_chunks(options.get("chunks"))
         self.deployment_target = options.get("deployment_target") or "iOS17"
         self.compute_units = options.get("compute_units") or "CPU_AND_NE"
         self.sweep = options.get("quality_sweep") or "auto"
@@ -63,8 +62,6 @@ class CoreMLExporter(Exporter):
         if self.compile and platform.system() != "Darwin":
             raise InvalidInput(f"--compile needs macOS (Core ML's compiler, coremlcompiler, ships only there; this "
                                f"is {platform.system()}): export without it, or compile the .mlpackage files on a Mac")
-        if self.chunks < 1:
-            raise InvalidInput(f"--chunks must be at least 1, got {self.chunks}")
         if self.deployment_target not in DEPLOYMENT_TARGETS or self.compute_units not in COMPUTE_UNITS:
             raise InvalidInput(f"deployment target must be one of {DEPLOYMENT_TARGETS} and compute units one of "
                                f"{COMPUTE_UNITS}")
@@ -115,11 +112,12 @@ class CoreMLExporter(Exporter):
         return ml, route
 
     def _pieces(self, name, module, spec):
-        if name == "transformer" and self.chunks > 1:
-            from .coreml_chunks import chunk_modules
+        from .chunks import chunks_for, pieces  # torch: imported when exporting, not when the CLI lists options
 
-            return chunk_modules(module, spec, self.chunks)
-        return [(module, spec)]
+        # auto: pieces under 2 GB of fp32 weights; ct.convert holds the fp32 weights, their fp16 copy and the
+        # traced program at once, and iOS maps each program's weights whole
+        chunks = chunks_for(module, 4, CHUNK_LIMIT_BYTES) if self.chunks == "auto" else self.chunks
+        return pieces(name, module, spec, chunks)
 
     def export_component(self, name, module, spec, root: Path) -> Artifact:
         self._wrappers[name], self._specs[name], self._root = module, spec, root
@@ -230,7 +228,7 @@ class CoreMLExporter(Exporter):
 
     def manifest_extra(self) -> dict:
         extra = {"deployment_target": self.deployment_target, "compute_units": self.compute_units,
-                 "chunks": self.chunks, "palettization": self.policy.describe(),
+                 "chunks": len(self._parts.get("transformer", ())) or 1, "palettization": self.policy.describe(),
                  "lut_granularity": "per_grouped_channel" if self.policy.grouped else "per_tensor",
                  "io_note": "int64 token ids are int32 in the Core ML models (Core ML has no int64 inputs)"}
         if self._sweep_wanted():

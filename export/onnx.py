@@ -7,6 +7,10 @@ onnxruntime.transformers.float16 with the overflow-prone ops kept fp32) -> ``<co
 checked with ``onnx.checker``. Weights go to one external data file (``model.onnx.data``) when the model
 would pass protobuf's 2 GB limit (or always, with ``external_data="always"``).
 
+A transformer whose fp32 weights pass 2 GB is exported for int8 in chunks (``export/chunks.py``;
+``--chunks K`` forces K): ``transformer/chunk{i}/model.onnx``, each exported, quantized and checked by itself,
+listed in the manifest's ``options.chunks`` and run one after another by the backend.
+
 The transformer's position-embedding table is cropped to the bundle's resolution before export: diffusers'
 ``PatchEmbed`` slices a ``pos_embed_max_size``-square table at run time, and the dynamo exporter keeps the
 whole table as a weight (906 MB for SD3.5-Medium), though one crop of it is all a static-shape graph uses.
@@ -20,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ExportError, InvalidInput
-from .base import Artifact, Exporter
+from .base import CHUNK_LIMIT_BYTES, CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .onnx_passes import GRAPH_MARGIN, PROTOBUF_LIMIT, convert_fp16, data_name, optimize_offline, quantize_int8
 
 OPSET = 20
@@ -52,6 +56,17 @@ FLOORS = {
                       "transformer": 48.0, "vae_decoder": 60.0, "image": 40.0},
 }
 FLOORS_QUANTIZED_VAE = {"dynamic": {"vae_decoder": 35.0, "image": 35.0}, "qdq": {"vae_decoder": 31.0, "image": 31.0}}
+
+
+def _merged_optimizer(records: list[dict]) -> dict:
+    """The offline optimizer's changes summed over a component's chunks (chunks it skipped are counted)."""
+    ran = [r["optimizer"] for r in records if "removed" in r["optimizer"]]
+    removed: dict[str, int] = {}
+    for r in ran:
+        for op, n in r["removed"].items():
+            removed[op] = removed.get(op, 0) + n
+    out = {"level": "basic" if ran else "skipped", "chunks_optimized": len(ran), "chunks": len(records)}
+    return {**out, "removed": dict(sorted(removed.items()))} if ran else out
 
 
 @contextlib.contextmanager
@@ -87,6 +102,7 @@ class OnnxExporter(Exporter):
     packages = ("torch", "onnx", "onnxruntime", "onnxscript")
     extra = "onnx"
     cli_options = {
+        **CHUNKS_OPTION,
         "--quantize-vae": dict(action="store_true", default=False,
                                help="int8: quantize the VAE decoder too (default: it stays fp32; int8 costs it "
                                     "~8 dB PSNR and ConvInteger is slower than float conv on CPU)"),
@@ -111,6 +127,7 @@ class OnnxExporter(Exporter):
             raise InvalidInput(f"external_data must be auto or always, got {self.options['external_data']!r}")
         if self.options["quantize_vae"] and self.precision != "int8":
             raise InvalidInput("--quantize-vae applies to --precision int8 only")
+        self.options["chunks"] = parse_chunks(self.options["chunks"])
         self.records: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ contract
@@ -124,14 +141,70 @@ class OnnxExporter(Exporter):
     def quantized(self, component: str) -> bool:
         return self.precision == "int8" and (component not in FLOAT_UNLESS_ASKED or self.options["quantize_vae"])
 
+    def chunk_count(self, name, module) -> int:
+        from .chunks import chunks_for
+
+        if name != "transformer":
+            return 1
+        if self.options["chunks"] != "auto":
+            return self.options["chunks"]
+        if not self.quantized(name):
+            return 1
+        # int8: ONNX Runtime's quantizer holds ~3x the fp32 model (measured: past 20 GB on SD3.5-Medium's 9 GB);
+        # pieces under protobuf's limit are quantized one at a time, in memory, without external data
+        return chunks_for(module, 4, CHUNK_LIMIT_BYTES)
+
     def export_component(self, name, module, spec, root: Path) -> Artifact:
+        from .chunks import pieces
+
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        out = root / name / "model.onnx"
+        parts = pieces(name, module, spec, self.chunk_count(name, module))
+        if len(parts) == 1:
+            files, record, precision = self._export_file(name, module, spec, root / name / "model.onnx")
+            self.records[name] = record
+            rel = [f.relative_to(root).as_posix() for f in files]
+            return Artifact(path=rel[0], files=rel, precision=precision, options=record)
+        calibration = self._chunk_calibration(parts, spec) if self._needs_calibration(name) else None
+        entries, records, every = [], [], []
+        for i, (piece, piece_spec) in enumerate(parts):
+            files, record, precision = self._export_file(name, piece, piece_spec, root / name / f"chunk{i}" / "model.onnx",
+                                                         calibration=calibration and calibration[i])
+            rel = [f.relative_to(root).as_posix() for f in files]
+            every += rel
+            records.append(record)
+            entries.append({"path": rel[0], "files": rel, **piece_spec.io_dict(), "build": record})
+        self.records[name] = record = {"opset": OPSET, "external_data": any(r["external_data"] for r in records),
+                                       "optimizer": _merged_optimizer(records), "chunks": entries}
+        return Artifact(path=name, files=every, precision=precision, options=record)
+
+    # ------------------------------------------------------------------ one file
+    def _needs_calibration(self, name) -> bool:
+        return self.quantized(name) and self.options["int8_mode"] == "qdq"
+
+    @staticmethod
+    def _chunk_calibration(parts, spec) -> list[list[dict]]:
+        """qdq calibration feeds per chunk: the seeded dummy inputs run through the chunks before it in
+        PyTorch, so a later chunk calibrates on hidden states, not on noise."""
+        import torch
+
+        per_chunk = [[] for _ in parts]
+        for seed in range(CALIBRATION_BATCHES):
+            state = {k: torch.from_numpy(v) for k, v in spec.dummy_inputs(seed=seed).items()}
+            for i, (piece, piece_spec) in enumerate(parts):
+                per_chunk[i].append({n: state[n].numpy() for n in piece_spec.input_names})
+                with torch.no_grad():
+                    state.update(zip(piece_spec.output_names, piece(*(state[n] for n in piece_spec.input_names))))
+        return per_chunk
+
+    def _export_file(self, name, module, spec, out: Path, calibration=None) -> tuple[list[Path], dict, str]:
+        """``module`` -> ``out`` (and its data file) through every pass; returns the files, what was done and
+        the precision written."""
         record: dict = {"opset": OPSET}
-        with tempfile.TemporaryDirectory(prefix=f".{name}-onnx-", dir=root) as tmp:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{name}-onnx-", dir=out.parent) as tmp:
             work = Path(tmp)
-            exported, external, crops = self._export_fp32(name, module, spec, work / "exported.onnx")
+            exported, external, crops = self._export_fp32(spec.name, module, spec, work / "exported.onnx")
             if crops:
                 record["pos_embed_cropped"] = [{"from": list(a), "to": list(b)} for a, b in crops]
             if external:
@@ -142,7 +215,7 @@ class OnnxExporter(Exporter):
                 current = work / "optimized.onnx"
             precision = "fp32"
             if self.quantized(name):
-                feeds = [spec.dummy_inputs(seed=i) for i in range(CALIBRATION_BATCHES)]
+                feeds = calibration or [spec.dummy_inputs(seed=i) for i in range(CALIBRATION_BATCHES)]
                 record["quantization"] = quantize_int8(current, work / "int8.onnx", external,
                                                        self.options["int8_mode"],
                                                        OP_TYPES.get(name, DEFAULT_OP_TYPES), calibration=feeds)
@@ -153,9 +226,7 @@ class OnnxExporter(Exporter):
             files = self._finalize(current, out, external)
         self._check(out)
         record["external_data"] = len(files) > 1
-        self.records[name] = record
-        rel = [f.relative_to(root).as_posix() for f in files]
-        return Artifact(path=rel[0], files=rel, precision=precision, options=record)
+        return files, record, precision
 
     def manifest_extra(self) -> dict:
         extra = {"exporter": "torch.onnx dynamo", "opset": OPSET,
@@ -171,6 +242,9 @@ class OnnxExporter(Exporter):
                                      "components": [c for c in self.records if self.quantized(c)],
                                      "float_components": [c for c in self.records if not self.quantized(c)]}
         extra["fused"] = {c: r["optimizer"].get("removed", "skipped (over 2 GB)") for c, r in self.records.items()}
+        chunked = {c: len(r["chunks"]) for c, r in self.records.items() if "chunks" in r}
+        if chunked:
+            extra["chunks"] = chunked
         return extra
 
     # ------------------------------------------------------------------ steps

@@ -1,6 +1,6 @@
 """The Core ML backend: runs ``coreml``-target artifacts (``.mlpackage`` or compiled ``.mlmodelc``) through
 coremltools' ``MLModel`` on macOS, numpy in and out, never torch. A transformer exported with ``--chunks K``
-is K models run one after another; the session chains them, so the pipeline sees one component.
+is K models run one after another (``runtimes/chunked.py``), so the pipeline sees one component.
 
 Compute units: the backend option ``compute_units`` (ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY) or, if not
 given, the hint the exporter wrote into the manifest. A bundle exported with ``--compile`` carries each model
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, InvalidInput
-from ..spec import ComponentSpec, TensorSpec
+from ..spec import ComponentSpec
 from .base import Backend, Session
+from .chunked import ChunkedSession, chunk_specs
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
@@ -36,34 +37,17 @@ def _load(path: Path, compute_units: str):
         raise BundleError(f"Core ML cannot load {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
 
-class _Program:
-    """One Core ML model with its I/O names; casts inputs to the types Core ML declared (int64 -> int32)."""
-
-    def __init__(self, path: Path, spec: ComponentSpec, compute_units: str):
-        self.model, self.spec = _load(path, compute_units), spec
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = {t.name: np.ascontiguousarray(feeds[t.name], dtype=np.int32 if t.dtype == "int64" else np.float32)
-                  for t in self.spec.inputs}
-        out = self.model.predict(inputs)
-        return {t.name: np.asarray(out[t.name], dtype=np.float32).reshape(t.shape) for t in self.spec.outputs}
-
-
 class CoreMLSession(Session):
-    def __init__(self, spec: ComponentSpec, programs: list[_Program]):
+    """One Core ML model; inputs cast to the types Core ML declared (int64 -> int32)."""
+
+    def __init__(self, spec: ComponentSpec, path: Path, compute_units: str):
         super().__init__(spec)
-        self.programs = programs
+        self.model = _load(path, compute_units)
 
     def _run(self, inputs):
-        state = dict(zip(self.spec.input_names, inputs))
-        for program in self.programs:  # chunks: each reads what the earlier ones wrote (temb from chunk 0)
-            state.update(program(state))
-        return [state[n] for n in self.spec.output_names]
-
-
-def _chunk_spec(d: dict, name: str) -> ComponentSpec:
-    return ComponentSpec(name, tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-                         tuple(TensorSpec.from_dict(t) for t in d["outputs"]))
+        feeds = {t.name: (a.astype(np.int32) if t.dtype == "int64" else a) for t, a in zip(self.spec.inputs, inputs)}
+        out = self.model.predict(feeds)
+        return [np.asarray(out[t.name], dtype=np.float32).reshape(t.shape) for t in self.spec.outputs]
 
 
 class CoreMLBackend(Backend):
@@ -85,10 +69,8 @@ class CoreMLBackend(Backend):
         if units not in COMPUTE_UNITS:
             raise InvalidInput(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, got {units!r}")
         root, spec = Path(root), entry.spec(component)
-        chunks = entry.options.get("chunks")
-        if chunks:
-            programs = [_Program(root / c.get("compiled", c["path"]), _chunk_spec(c, f"{component}.chunk{i}"), units)
-                        for i, c in enumerate(chunks)]
-        else:
-            programs = [_Program(root / entry.options.get("compiled", entry.path), spec, units)]
-        return CoreMLSession(spec, programs)
+        chunks = chunk_specs(entry, component)
+        if not chunks:
+            return CoreMLSession(spec, root / entry.options.get("compiled", entry.path), units)
+        return ChunkedSession(spec, [CoreMLSession(s, root / c.get("compiled", c["path"]), units)
+                                     for s, c in zip(chunks, entry.options["chunks"])])

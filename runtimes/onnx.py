@@ -1,4 +1,5 @@
-"""The ONNX Runtime backend: one ``InferenceSession`` per component, numpy in and out. Never imports torch.
+"""The ONNX Runtime backend: one ``InferenceSession`` per component (per chunk of a chunked transformer,
+chained by ``runtimes/chunked.py``), numpy in and out. Never imports torch.
 
 Options (``FlashPipeline.from_bundle(path, backend="onnx", **options)``):
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..errors import BackendUnavailable, BundleError, InvalidInput
 from .base import Backend, Session
+from .chunked import ChunkedSession, chunk_specs
 
 SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider",
                "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
@@ -144,10 +146,16 @@ class OnnxBackend(Backend):
         root = Path(root)
         providers = self.providers()
         options = session_options(self.options.get("threads"), self.options.get("graph_optimization_level", "all"))
-        path = root / entry.path
-        data = [root / f for f in entry.files if root / f != path]
-        session = open_session(path, providers, options, data)
         io_binding = self.options.get("io_binding")
         if io_binding is None:
             io_binding = providers[0] != "CPUExecutionProvider"
-        return OnnxSession(entry.spec(component), session, io_binding=bool(io_binding))
+
+        def one(spec, path: str, files: list[str]) -> OnnxSession:
+            data = [root / f for f in files if f != path]
+            return OnnxSession(spec, open_session(root / path, providers, options, data), io_binding=bool(io_binding))
+
+        chunks = chunk_specs(entry, component)
+        if not chunks:
+            return one(entry.spec(component), entry.path, entry.files)
+        return ChunkedSession(entry.spec(component), [one(s, c["path"], c["files"])
+                                                      for s, c in zip(chunks, entry.options["chunks"])])

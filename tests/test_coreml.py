@@ -239,32 +239,8 @@ def test_quality_sweep_measures_what_the_package_holds(c6, tiny_parts):
 
 
 # ----------------------------------------------------------------------------- chunks
-def test_chained_chunks_equal_the_whole_transformer(tiny_parts):
-    from flash_edge.export.coreml_chunks import chunk_modules
-
-    wrappers, specs = tiny_parts
-    feeds = specs["transformer"].dummy_inputs(seed=3)
-    args = [torch.from_numpy(v) for v in feeds.values()]
-    with torch.no_grad():
-        whole = wrappers["transformer"](*args)[0]
-        for k in (2, 3, 4):
-            state = dict(zip(specs["transformer"].input_names, args))
-            for module, spec in chunk_modules(wrappers["transformer"], specs["transformer"], k):
-                state.update(zip(spec.output_names, module(*(state[n] for n in spec.input_names))))
-            torch.testing.assert_close(state["velocity"], whole, rtol=0, atol=1e-5)
-
-
-def test_chunks_out_of_range_is_a_clear_error(tiny_parts):
-    from flash_edge.export.coreml_chunks import split_points
-
-    wrappers, _ = tiny_parts
-    for k in (0, 7):
-        with pytest.raises(InvalidInput, match="--chunks must be from 1 to the transformer's 6 blocks"):
-            split_points(wrappers["transformer"].model, k)
-
-
 def test_two_chunks_hold_the_unchunked_weights(c16, c16_chunks, tiny_parts):
-    from flash_edge.export.coreml_chunks import chunk_modules
+    from flash_edge.export.chunks import chunk_modules
     from flash_edge.export.coreml_palettize import decompressed_weights
 
     wrappers, specs = tiny_parts

@@ -1,8 +1,10 @@
-"""``--chunks K``: the SD3 transformer as K consecutive programs of about equal weight.
+"""The SD3 transformer as K consecutive programs of about equal weight (``--chunks K``), for every target.
 
-iOS kills apps that map one very large model, and the ANE compiler rejects very large programs, so the
-transformer ships as K ``.mlpackage`` files run one after another (apple/ml-stable-diffusion splits its UNet
-for the same reasons). Each chunk reuses diffusers' own submodules of ``SD3Transformer2DModel``:
+Why: iOS kills apps that map one very large model and the ANE compiler rejects very large programs
+(apple/ml-stable-diffusion splits its UNet for the same reasons); and exporting or quantizing a 2.5B-parameter
+transformer in one piece needs several copies of its weights in memory at once (ONNX Runtime's int8 quantizer
+holds ~3x the fp32 model), while K pieces need that for 1/K of it. Each chunk reuses diffusers' own submodules
+of ``SD3Transformer2DModel``:
 
     chunk 0:    latent, timestep, encoder_hidden_states, pooled_projections
                 -> pos_embed, time_text_embed, context_embedder, blocks[0:b1]
@@ -10,9 +12,10 @@ for the same reasons). Each chunk reuses diffusers' own submodules of ``SD3Trans
     chunk i:    hidden_states_{i-1}, context_{i-1}, temb -> blocks[bi:bi+1] -> hidden_states_i, context_i
     chunk K-1:  hidden_states_{K-2}, context_{K-2}, temb -> blocks[..] -> norm_out, proj_out, unpatchify -> velocity
 
-``temb`` comes out of chunk 0 only; the runtime keeps it and feeds it to every later chunk. The carried
-tensors are numbered by the chunk that wrote them because Core ML refuses a program whose input and output
-share a name ("Var names [...] is used both as function's input and output").
+``temb`` comes out of chunk 0 only; the runtime keeps it and feeds it to every later chunk
+(``runtimes/chunked.py``). The carried tensors are numbered by the chunk that wrote them because Core ML
+refuses a program whose input and output share a name ("Var names [...] is used both as function's input and
+output"). In the manifest a chunked component's ``options.chunks`` lists each chunk's path, files and I/O.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ from ..spec import ComponentSpec, TensorSpec
 
 def _weight(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def chunks_for(wrapper, bytes_per_weight: int, limit_bytes: int) -> int:
+    """The fewest chunks whose weights (at ``bytes_per_weight``) each stay under ``limit_bytes``, assuming an
+    even split; 1 for anything that is not an SD3 transformer wrapper."""
+    transformer = getattr(wrapper, "model", None)
+    if not hasattr(transformer, "transformer_blocks"):
+        return 1
+    total = _weight(transformer) * bytes_per_weight
+    return max(1, min(len(transformer.transformer_blocks), -(-total // limit_bytes)))
 
 
 def split_points(transformer, chunks: int) -> list[tuple[int, int]]:
@@ -115,3 +128,11 @@ def chunk_modules(wrapper, spec: ComponentSpec, chunks: int) -> list[tuple[Trans
         outputs = spec.outputs if last else (carried(i) + ((temb,) if first else ()))
         out.append((module, ComponentSpec(f"{spec.name}.chunk{i}", tuple(inputs), tuple(outputs))))
     return out
+
+
+def pieces(name: str, wrapper, spec: ComponentSpec, chunks: int) -> list[tuple[nn.Module, ComponentSpec]]:
+    """What an exporter converts for component ``name``: the transformer in ``chunks`` pieces, or the
+    component whole."""
+    if name == "transformer" and chunks > 1:
+        return chunk_modules(wrapper, spec, chunks)
+    return [(wrapper, spec)]

@@ -1,0 +1,172 @@
+"""The transformer in chunks (``export/chunks.py``, ``runtimes/chunked.py``): the split itself (target-free),
+the ONNX target's chunked export (int8 by default for a transformer past 2 GB of fp32 weights), and the
+runtime's checks on a chunk list. Core ML's chunked packages are checked in test_coreml.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flash_edge.bundle import Bundle, ComponentEntry
+from flash_edge.errors import BundleError, InvalidInput
+from flash_edge.metrics import psnr
+from flash_edge.pipeline import FlashPipeline
+
+PROMPT, SEED = "a red circle", 0
+
+
+def _cli_export(*args) -> int:
+    from flash_edge.cli.export import main
+
+    return main(["--quiet", *map(str, args)])
+
+
+# ----------------------------------------------------------------------------- the split
+def test_chained_chunks_equal_the_whole_transformer(tiny_parts):
+    from flash_edge.export.chunks import chunk_modules
+
+    wrappers, specs = tiny_parts
+    feeds = specs["transformer"].dummy_inputs(seed=3)
+    args = [torch.from_numpy(v) for v in feeds.values()]
+    with torch.no_grad():
+        whole = wrappers["transformer"](*args)[0]
+        for k in (2, 3, 4):
+            state = dict(zip(specs["transformer"].input_names, args))
+            for module, spec in chunk_modules(wrappers["transformer"], specs["transformer"], k):
+                state.update(zip(spec.output_names, module(*(state[n] for n in spec.input_names))))
+            torch.testing.assert_close(state["velocity"], whole, rtol=0, atol=1e-5)
+
+
+def test_chunks_out_of_range_is_a_clear_error(tiny_parts):
+    from flash_edge.export.chunks import split_points
+
+    wrappers, _ = tiny_parts
+    for k in (0, 7):
+        with pytest.raises(InvalidInput, match="--chunks must be from 1 to the transformer's 6 blocks"):
+            split_points(wrappers["transformer"].model, k)
+
+
+def test_automatic_chunk_count_on_the_real_architecture():
+    """SD3.5-Medium's transformer (built on the meta device: no memory) holds 2.24B parameters, 8.97 GB in
+    fp32: int8 ONNX splits it so that each piece stays under protobuf's 2 GB; small models stay whole."""
+    from diffusers import SD3Transformer2DModel
+
+    from benchmarks.real_scale import TRANSFORMERS
+    from flash_edge.components import wrap
+    from flash_edge.export import get_exporter
+    from flash_edge.export.chunks import split_points
+
+    with torch.device("meta"):
+        medium = wrap("transformer", SD3Transformer2DModel(**TRANSFORMERS["sd35-medium"]))
+    int8, fp32 = get_exporter("onnx", "int8"), get_exporter("onnx", "fp32")
+    assert int8.chunk_count("transformer", medium) == 5
+    assert fp32.chunk_count("transformer", medium) == 1  # one file with external data
+    assert int8.chunk_count("text_encoder", medium) == 1
+    ranges = split_points(medium.model, 5)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 24 and all(a < b for a, b in ranges)
+    weights = [sum(p.numel() for b in medium.model.transformer_blocks[a:b] for p in b.parameters()) for a, b in ranges]
+    assert max(weights) * 4 < 2**31  # every piece's fp32 weights under protobuf's limit
+
+
+# ----------------------------------------------------------------------------- ONNX
+@pytest.fixture(scope="module")
+def b8c3(tmp_path_factory, tiny_dir) -> Path:
+    out = tmp_path_factory.mktemp("chunks") / "B8c3"
+    assert _cli_export("--target", "onnx", "--precision", "int8", "--chunks", "3", "--out", out) == 0
+    return out
+
+
+def test_onnx_chunked_bundle_lists_hashes_and_quantizes_each_chunk(b8c3):
+    import onnx
+
+    bundle = Bundle.open(b8c3)  # verifies every file's hash
+    entry = bundle.components["transformer"]
+    chunks = entry.options["chunks"]
+    assert entry.path == "transformer" and len(chunks) == 3
+    assert entry.files == [f"transformer/chunk{i}/model.onnx" for i in range(3)]
+    assert [c["path"] for c in chunks] == entry.files and all(f in bundle.manifest["files"] for f in entry.files)
+    assert [t["name"] for t in chunks[0]["inputs"]] == [t["name"] for t in entry.inputs]
+    assert [t["name"] for t in chunks[0]["outputs"]] == ["hidden_states_0", "context_0", "temb"]
+    assert [t["name"] for t in chunks[2]["inputs"]] == ["hidden_states_1", "context_1", "temb"]
+    assert chunks[2]["outputs"] == entry.outputs
+    for c in chunks:
+        model = onnx.load(str(b8c3 / c["path"]))
+        ops = {n.op_type for n in model.graph.node}
+        assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "Gemm" not in ops
+        assert [i.name for i in model.graph.input] == [t["name"] for t in c["inputs"]]
+    assert bundle.manifest["onnx"]["chunks"] == {"transformer": 3}
+    assert entry.options["chunks"][0]["build"]["pos_embed_cropped"] == [{"from": [1, 256, 128], "to": [1, 16, 128]}]
+
+
+def test_onnx_chunked_int8_equals_the_unchunked_int8(b8c3, tiny_parts):
+    """Dynamic int8 quantizes each weight per output channel and each activation per tensor at run time, so
+    cutting the graph between blocks changes nothing but float summation order: the chained chunks equal the
+    whole int8 transformer far beyond int8's own error (~55 dB against fp32)."""
+    from flash_edge.export import get_exporter
+    from flash_edge.runtimes.onnx import OnnxBackend
+
+    wrappers, specs = tiny_parts
+    spec = specs["transformer"]
+    root = b8c3.parent / "whole"
+    art = get_exporter("onnx", "int8").export_component("transformer", wrappers["transformer"], spec, root)
+    whole = OnnxBackend(threads=1).open(root, "transformer", art.entry("onnx", spec))
+    chained = OnnxBackend(threads=1).load(Bundle.open(b8c3), "transformer")
+    feeds = spec.dummy_inputs(seed=5)
+    a, b = whole.run(feeds)["velocity"], chained.run(feeds)["velocity"]
+    assert a.shape == b.shape == (1, 16, 8, 8)
+    assert psnr(a, b) > 90.0, psnr(a, b)
+
+
+def test_onnx_chunked_image_passes_the_gate(b8c3):
+    manifest = Bundle.open(b8c3).manifest
+    results = manifest["parity"]["results"]
+    assert manifest["parity"]["status"] == "passed"
+    assert results["transformer"]["psnr_db"] >= results["transformer"]["floor_db"] == 50.0
+    reference = FlashPipeline.from_model("tiny").generate(PROMPT, seed=SEED)
+    value = psnr(reference, FlashPipeline.from_bundle(b8c3, backend="onnx").generate(PROMPT, seed=SEED), data_range=1.0)
+    assert 45.0 <= value < 100.0, value
+
+
+def test_onnx_chunks_option_errors(tmp_path, capsys):
+    for bad, message in (("0", "--chunks must be at least 1"), ("two", "--chunks must be auto or a whole number"),
+                         ("9", "--chunks must be from 1 to the transformer's 6 blocks")):
+        out = tmp_path / f"c{bad}"
+        assert _cli_export("--target", "onnx", "--chunks", bad, "--out", out) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the runtime's checks
+def _entry(chunks) -> ComponentEntry:
+    io = lambda *names: [{"name": n, "shape": [1, 4], "dtype": "float32"} for n in names]  # noqa: E731
+    return ComponentEntry(target="onnx", precision="int8", path="transformer", files=[], inputs=io("latent"),
+                          outputs=io("velocity"), options={"chunks": [{"path": f"c{i}", "inputs": io(*a), "outputs": io(*b)}
+                                                                      for i, (a, b) in enumerate(chunks)]})
+
+
+def test_broken_chunk_chain_is_a_bundle_error():
+    from flash_edge.runtimes.chunked import chunk_specs
+
+    good = chunk_specs(_entry([(("latent",), ("h0", "temb")), (("h0", "temb"), ("velocity",))]), "transformer")
+    assert [s.name for s in good] == ["transformer.chunk0", "transformer.chunk1"]
+    with pytest.raises(BundleError, match=r"transformer.chunk1 takes \['h9'\]"):
+        chunk_specs(_entry([(("latent",), ("h0",)), (("h9",), ("velocity",))]), "transformer")
+    with pytest.raises(BundleError, match=r"no chunk of transformer writes its output\(s\) \['velocity'\]"):
+        chunk_specs(_entry([(("latent",), ("h0",)), (("h0",), ("h1",))]), "transformer")
+
+
+def test_missing_chunk_file_is_one_line_error(b8c3, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(b8c3, broken)
+    (broken / "transformer/chunk1/model.onnx").unlink()
+    manifest = json.loads((broken / "manifest.json").read_text())
+    assert "transformer/chunk1/model.onnx" in manifest["files"]
+    with pytest.raises(BundleError, match="chunk1/model.onnx"):
+        FlashPipeline.from_bundle(broken, backend="onnx", verify=False)
