@@ -190,6 +190,52 @@ def clip_rss() -> dict:
                     "beside the other jobs on this shared machine"}
 
 
+# ----------------------------------------------------------------------------- random weights on disk
+WEIGHTS_NOTE = ("random weights (seed 0) written as a diffusers/transformers folder by a child process, then loaded "
+                "by the SDK's own loader (flash_edge.models.loading.load_part: from_pretrained, low_cpu_mem_usage, "
+                "safetensors memory-mapped): the measured process holds what a user's process would")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def build_part(part: str):
+    return build_transformer(part.removeprefix("transformer-")) if part.startswith("transformer-") \
+        else build_text_encoder(part)
+
+
+def write_part(part: str, dtype: str, folder: Path) -> dict:
+    """Build ``part`` with random weights in ``dtype`` and save it as a folder (``write``: the child process)."""
+    import torch
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_default_dtype(getattr(torch, DTYPES[dtype]))  # created in the dtype: no fp32 copy ever exists
+    try:
+        model = build_part(part)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    files = {f.name: f.stat().st_size for f in sorted(Path(folder).iterdir())}
+    return {"part": part, "dtype": dtype, "seconds": round(time.perf_counter() - t0, 2),
+            "peak_rss_gib": round(peak_gib(), 2), "files": files}
+
+
+def random_folder(part: str, dtype, folder: Path) -> dict:
+    """Random weights for ``part`` as a folder on disk, written by a child process: a user's weights arrive as
+    files, and the memory it takes to invent them is not the SDK's."""
+    import subprocess
+
+    import torch
+
+    name = next(k for k, v in DTYPES.items() if getattr(torch, v) == dtype) if not isinstance(dtype, str) else dtype
+    cmd = [sys.executable, "-m", "benchmarks.real_scale", "write", "--part", part, "--dtype", name, "--out", str(folder)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    if done.returncode:
+        raise RuntimeError(f"writing random {part} weights failed ({done.returncode}): {done.stderr[-1500:]}")
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  random weights: {record}", file=sys.stderr, flush=True)
+    return record
+
+
 # ----------------------------------------------------------------------------- full-size export
 def transformer_spec(arch: str, size: int, text_tokens: int = 333):
     from flash_edge.spec import ComponentSpec, TensorSpec
@@ -202,8 +248,16 @@ def transformer_spec(arch: str, size: int, text_tokens: int = 333):
         TensorSpec("pooled_projections", (1, cfg["pooled_projection_dim"]))), (TensorSpec("velocity", latent),))
 
 
+def t5_spec(tokens: int = 256):
+    from flash_edge.spec import ComponentSpec, TensorSpec
+
+    return ComponentSpec("text_encoder_3", (TensorSpec("input_ids", (1, tokens), "int64", 0, T5_XXL["vocab_size"]),),
+                         (TensorSpec("hidden_states", (1, tokens, T5_XXL["d_model"])),))
+
+
 def export_full(arch: str, target: str, precision: str, size: int, work: Path, threads: int,
                 options: dict | None = None) -> dict:
+    """``arch``: a transformer architecture (``size``: image side in pixels) or ``t5xxl`` (``size``: tokens)."""
     import gc
 
     import numpy as np
@@ -219,32 +273,19 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
     options = options or {}
     exporter = get_exporter(target, precision, **options)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    spec = transformer_spec(arch, size)
+    t5 = arch == "t5xxl"
+    spec = t5_spec(size) if t5 else transformer_spec(arch, size)
+    component = spec.name  # transformer | text_encoder_3: the folder name the SDK's loader reads
     feeds = spec.dummy_inputs(seed=0)
     phases = Phases()
 
-    def build():
-        from safetensors.torch import load_file, save_file
+    def load():
+        from flash_edge.models.loading import load_part
 
-        torch.manual_seed(0)
-        torch.set_default_dtype(dtype)  # parameters are created in the export dtype: no fp32 copy ever exists
-        try:
-            model = build_transformer(arch)
-            # Then as a user's weights arrive: a safetensors file, memory-mapped on load (file-backed pages the
-            # kernel can drop under pressure, not anonymous memory), into a model built on the meta device.
-            weights = work / "transformer.safetensors"
-            save_file(model.state_dict(), str(weights))
-            del model
-            model = _meta(lambda: build_transformer(arch))
-        finally:
-            torch.set_default_dtype(torch.float32)
-        model.load_state_dict(load_file(str(weights)), assign=True)
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-        if left:
-            raise RuntimeError(f"not in the state dict, still on the meta device: {left[:3]}")
-        return wrap("transformer", model.requires_grad_(False))
+        return wrap(component, load_part(work, component, dtype))
 
-    module = phases.run("build", build)
+    writer = random_folder("t5xxl" if t5 else f"transformer-{arch}", dtype, work / component)
+    module = phases.run("load", load)
     n_params = sum(p.numel() for p in module.parameters())
 
     def forward(m):
@@ -254,36 +295,38 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
     reference = phases.run("reference_forward", lambda: forward(module))[0]
     root = work / "bundle"
     root.mkdir(parents=True)
-    artifact = phases.run("export", lambda: exporter.export_component("transformer", module, spec, root))
+    artifact = phases.run("export", lambda: exporter.export_component(component, module, spec, root))
     entry = artifact.entry(target, spec)
     del module
     gc.collect()
     backend = backend_class(exporter.backend)
     reason = backend.unavailable_reason()
-    result = {"architecture": arch, "config": {k: list(v) if isinstance(v, tuple) else v
-                                               for k, v in TRANSFORMERS[arch].items()},
-              "parameters": n_params, "target": target, "precision": exporter.precision, "size": size,
-              "text_tokens": spec.inputs[2].shape[1], "threads": threads, "exporter_options": options,
+    result = {"architecture": arch, "component": component,
+              "config": {k: list(v) if isinstance(v, tuple) else v for k, v in (T5_XXL if t5 else TRANSFORMERS[arch]).items()},
+              "parameters": n_params, "target": target, "precision": exporter.precision,
+              **({"text_tokens": size} if t5 else {"size": size, "text_tokens": spec.inputs[2].shape[1]}),
+              "threads": threads, "exporter_options": options,
               "chunks": len(entry.options.get("chunks") or [None]),
               "artifact": {"path": entry.path, "files": {f: (root / f).stat().st_size for f in entry.files},
                            "bytes": sum((root / f).stat().st_size for f in entry.files)},
               "tools": package_versions(["torch", "diffusers", "transformers", "safetensors", "numpy",
                                          *exporter.packages])}
     if reason is None:
-        session = phases.run("load_artifact", lambda: backend(threads=threads).open(root, "transformer", entry))
-        cand = phases.run("artifact_forward", lambda: session.run(feeds)["velocity"])
+        session = phases.run("load_artifact", lambda: backend(threads=threads).open(root, component, entry))
+        cand = phases.run("artifact_forward", lambda: session.run(feeds)[spec.output_names[0]])
         db = psnr(reference, cand)
         result["parity"] = {"psnr_db": round(db, 2) if np.isfinite(db) else "inf (bit-exact)",
                             "max_abs_diff": float(max_abs_diff(reference, cand)),
                             "reference_finite": bool(np.isfinite(reference).all()),
-                            "floor_db": exporter.parity_floor_db("transformer", exporter.precision)}
+                            "floor_db": exporter.parity_floor_db(component, exporter.precision)}
     else:
         result["parity"] = {"status": "not run", "reason": reason}
     result["phases"] = phases.records
     result["peak_rss_gib"] = max([r["peak_rss_gib"] for r in phases.records.values()]
                                  + [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)])
     result["peak_anon_gib"] = max(r["peak_anon_gib"] for r in phases.records.values())
-    result["weights"] = "memory-mapped from a safetensors file (as loaded from a diffusers folder)"
+    result["weights"] = WEIGHTS_NOTE
+    result["random_weights_writer"] = writer
     return result
 
 
@@ -299,11 +342,16 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("count", help="parameters and bytes of every SD3.5 part (meta device)")
     sub.add_parser("clip-rss", help="measured RSS of CLIP-L + CLIP-G in bf16; T5-XXL counted")
-    e = sub.add_parser("export", help="full-size transformer export to one target")
-    e.add_argument("--arch", choices=list(TRANSFORMERS), default="sd35-medium")
+    w = sub.add_parser("write", help="(child process) random weights of one part saved as a folder")
+    w.add_argument("--part", required=True, choices=[f"transformer-{a}" for a in TRANSFORMERS] + ["clip_l", "clip_g", "t5xxl"])
+    w.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    w.add_argument("--out", required=True)
+    e = sub.add_parser("export", help="full-size transformer (or T5-XXL) export to one target")
+    e.add_argument("--arch", choices=[*TRANSFORMERS, "t5xxl"], default="sd35-medium")
     e.add_argument("--target", default="torch")
     e.add_argument("--precision", default="bf16")
-    e.add_argument("--size", type=int, default=512)
+    e.add_argument("--size", type=int, help="image side in pixels (default 512); with --arch t5xxl the number of "
+                   "T5 tokens (default 256, diffusers' max_sequence_length)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--work", help="folder for the artifact (default: a temporary folder, removed after)")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -312,6 +360,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.cmd == "write":
+        print(json.dumps(write_part(args.part, args.dtype, Path(args.out))))
+        return 0
     if args.cmd == "count":
         key, value = "counts", count()
     elif args.cmd == "clip-rss":
@@ -320,12 +371,13 @@ def main(argv=None) -> int:
         work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="real-scale-"))
         try:
             options = dict(o.split("=", 1) for o in args.option)
-            value = export_full(args.arch, args.target, args.precision, args.size, work, args.threads, options)
+            size = args.size or (256 if args.arch == "t5xxl" else 512)
+            value = export_full(args.arch, args.target, args.precision, size, work, args.threads, options)
         finally:
             if not args.work:
                 shutil.rmtree(work, ignore_errors=True)
         value["command"] = "nice -n 5 .venv/bin/python -m benchmarks.real_scale " + " ".join(argv or sys.argv[1:])
-        key = f"export/{args.arch}/{args.target}-{args.precision}-{args.size}"
+        key = f"export/{args.arch}/{args.target}-{args.precision}-{size}" + ("tok" if args.arch == "t5xxl" else "")
     print(json.dumps(value, indent=2))
     if not args.no_save:
         merge_results(key, value)

@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 
 from ..errors import BackendUnavailable, ExportError, InvalidInput
-from .base import Artifact, Exporter
+from .base import CHUNK_LIMIT_BYTES, CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .executorch_quantize import RECIPE_DESCRIPTION, RECIPE_PRECISION, example_args, quantize, recipe_for
 
 PTE, PTD_TAG = "model.pte", "model"  # the data file is named after its tag: model.ptd
@@ -188,6 +188,7 @@ class ExecuTorchExporter(Exporter):
     packages = ("executorch", "torchao")
     extra = "executorch"
     cli_options = {
+        **CHUNKS_OPTION,
         "--delegate": dict(default="xnnpack", choices=tuple(DELEGATES),
                            help="executorch backend to lower to (default xnnpack; coreml/mps/qnn/vulkan where "
                                 "this machine has them)"),
@@ -202,6 +203,7 @@ class ExecuTorchExporter(Exporter):
         self.external_weights = options.get("external_weights") or "auto"
         self.attention = options.get("attention") or "bmm"
         self.recipe_override = options.get("recipe")  # benchmarks: one recipe for one component
+        self.chunks = parse_chunks(options.get("chunks"))
         if self.external_weights not in EXTERNAL_WEIGHTS:
             raise InvalidInput(f"--external-weights must be one of {', '.join(EXTERNAL_WEIGHTS)}, "
                                f"got {self.external_weights!r}")
@@ -220,13 +222,44 @@ class ExecuTorchExporter(Exporter):
         recipe = recipe_for(component, precision, self.recipe_override)
         return FLOORS_DB[RECIPE_PRECISION[recipe]]
 
+    def chunk_count(self, name, module) -> int:
+        from .chunks import chunks_for
+
+        if name != "transformer":
+            return 1
+        if self.chunks != "auto":
+            return self.chunks
+        # auto: PT2E quantization and XNNPACK lowering hold the fp32 weights, their quantized copy and the
+        # packed delegate blob at once; pieces under 2 GB of fp32 weights keep that bounded
+        return chunks_for(module, 4, CHUNK_LIMIT_BYTES)
+
     def export_component(self, name, module, spec, root: Path) -> Artifact:
+        from .chunks import pieces
+
+        recipe = recipe_for(name, self.precision, self.recipe_override)
+        parts = pieces(name, module, spec, self.chunk_count(name, module))
+        if len(parts) == 1:
+            files, options = self._export_program(name, module, spec, recipe, root, root / name)
+            return Artifact(path=f"{name}/{PTE}", files=files, precision=RECIPE_PRECISION[recipe], options=options)
+        chunks, every = [], []
+        for i, (piece, piece_spec) in enumerate(parts):
+            files, options = self._export_program(piece_spec.name, piece, piece_spec, recipe, root,
+                                                  root / name / f"chunk{i}")
+            every += files
+            chunks.append({"path": options["module_api"]["program"], "files": files, **piece_spec.io_dict(),
+                           **{k: options[k] for k in ("data_file", "delegation", "module_api")}})
+        options = {k: v for k, v in options.items() if k not in ("data_file", "delegation", "module_api")}
+        options.update(external_weights=any(c["data_file"] for c in chunks), chunks=chunks)
+        return Artifact(path=name, files=every, precision=RECIPE_PRECISION[recipe], options=options)
+
+    def _export_program(self, name, module, spec, recipe, root: Path, out: Path) -> tuple[list[str], dict]:
+        """``module`` lowered to ``out/model.pte`` (+ ``model.ptd``): the files (relative to ``root``) and the
+        facts the manifest records for them."""
         import torch
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
         from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
         from executorch.runtime import Runtime
 
-        recipe = recipe_for(name, self.precision, self.recipe_override)
         external = self.external_weights == "always" or (
             self.external_weights == "auto" and weight_bytes(module, recipe) > EXTERNAL_WEIGHTS_AUTO_BYTES)
         args = example_args(spec)
@@ -252,25 +285,26 @@ class ExecuTorchExporter(Exporter):
         except Exception as e:  # a library failure while lowering: say which component and stage
             raise ExportError(f"executorch export of {name} ({recipe or 'fp32'}, {self.delegate}) failed: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-        out = root / name
         out.mkdir(parents=True, exist_ok=True)
+        folder = out.relative_to(root).as_posix()
         with open(out / PTE, "wb") as f:
             et.write_to_file(f)
         ptd = None
         if external:
             et.write_tensor_data_to_file(str(out))
-            ptd = f"{name}/{PTD_TAG}.ptd"
+            ptd = f"{folder}/{PTD_TAG}.ptd"
             if not (root / ptd).is_file():
                 raise ExportError(f"{name}: executorch wrote no {PTD_TAG}.ptd although external weights were asked for")
+        del et, edge, program
         meta = Runtime.get().load_program(out / PTE).metadata("forward")
-        api = module_api(spec, meta, f"{name}/{PTE}", ptd)
+        api = module_api(spec, meta, f"{folder}/{PTE}", ptd)
         self._operators.update(delegation["undelegated_ops"])
         files = sorted(p.relative_to(root).as_posix() for p in out.rglob("*") if p.is_file())
         options = {"delegate": self.delegate, "runtime_backend": DELEGATES[self.delegate][1],
                    "quantization": RECIPE_DESCRIPTION.get(recipe, "none (fp32)"), "recipe": recipe or "fp32",
                    "attention": self.attention, "external_weights": ptd is not None, "data_file": ptd,
                    "delegation": delegation, "module_api": api}
-        return Artifact(path=f"{name}/{PTE}", files=files, precision=RECIPE_PRECISION[recipe], options=options)
+        return files, options
 
     def manifest_extra(self) -> dict:
         from importlib.metadata import version
@@ -279,7 +313,8 @@ class ExecuTorchExporter(Exporter):
                 "runtime_backend": DELEGATES[self.delegate][1], "method": "forward",
                 "kernels_needed": sorted(self._operators),
                 "app_notes": "Each component is components.<name>.path (a .pte; with options.data_file, load that "
-                             ".ptd too). Call method 'forward' with the inputs in options.module_api.inputs order "
+                             ".ptd too); a chunked transformer lists its programs in options.chunks instead, run "
+                             "in order, each fed the component's inputs and earlier chunks' outputs by name. Call method 'forward' with the inputs in options.module_api.inputs order "
                              "(float32 -> Tensor.fromBlob(float[]), int64 -> Tensor.fromBlob(long[])), batch 1, "
                              "static shapes; outputs come back in options.module_api.outputs order. Link the "
                              "runtime backend named here plus kernels for kernels_needed (the ops the delegate "

@@ -9,9 +9,11 @@ to the performance cores at first use; the ``threads`` option resizes it.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from ..errors import BackendUnavailable, BundleError
 from .base import Backend, Session
+from .chunked import ChunkedSession, chunk_specs
 
 
 def set_threads(threads: int) -> int:
@@ -56,15 +58,23 @@ class ExecuTorchBackend(Backend):
                                      f"have (it has {', '.join(runtime.backend_registry.registered_backend_names)})")
         if self.options.get("threads"):
             set_threads(int(self.options["threads"]))
-        pte = root / entry.path
-        data = entry.options.get("data_file")
-        for f in (pte, *((root / data,) if data else ())):
-            if not f.is_file():
-                raise BundleError(f"{component}: {f} is missing")
-        try:
-            program = runtime.load_program(pte, data_path=root / data if data else None)
-            method = program.load_method(entry.options.get("module_api", {}).get("method", "forward"))
-        except (RuntimeError, ValueError) as e:
-            raise BundleError(f"executorch cannot load {pte}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                              + (" (is its .ptd weight file the one exported with it?)" if data else "")) from None
-        return ExecuTorchSession(entry.spec(component), program, method)
+        method = entry.options.get("module_api", {}).get("method", "forward")
+        chunks = chunk_specs(entry, component)
+        if not chunks:
+            return _session(runtime, Path(root), entry.spec(component), entry.path, entry.options.get("data_file"), method)
+        return ChunkedSession(entry.spec(component), [_session(runtime, Path(root), s, c["path"], c.get("data_file"), method)
+                                                      for s, c in zip(chunks, entry.options["chunks"])])
+
+
+def _session(runtime, root: Path, spec, path: str, data: str | None, method: str) -> ExecuTorchSession:
+    pte = root / path
+    for f in (pte, *((root / data,) if data else ())):
+        if not f.is_file():
+            raise BundleError(f"{spec.name}: {f} is missing")
+    try:
+        program = runtime.load_program(pte, data_path=root / data if data else None)
+        loaded = program.load_method(method)
+    except (RuntimeError, ValueError) as e:
+        raise BundleError(f"executorch cannot load {pte}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                          + (" (is its .ptd weight file the one exported with it?)" if data else "")) from None
+    return ExecuTorchSession(spec, program, loaded)

@@ -170,3 +170,28 @@ def test_missing_chunk_file_is_one_line_error(b8c3, tmp_path):
     assert "transformer/chunk1/model.onnx" in manifest["files"]
     with pytest.raises(BundleError, match="chunk1/model.onnx"):
         FlashPipeline.from_bundle(broken, backend="onnx", verify=False)
+
+
+# ----------------------------------------------------------------------------- ExecuTorch
+def test_executorch_chunked_int8_equals_the_unchunked_int8(tiny_parts, tmp_path):
+    """Two .pte programs chained by the backend give what one program gives: the PT2E recipe quantizes each
+    weight per channel and each activation per token at run time, whichever program it sits in."""
+    pytest.importorskip("executorch")
+    from flash_edge.export import get_exporter
+    from flash_edge.runtimes.executorch import ExecuTorchBackend
+
+    wrappers, specs = tiny_parts
+    spec, feeds = specs["transformer"], specs["transformer"].dummy_inputs(seed=5)
+    outputs = {}
+    for chunks in (1, 2):
+        root = tmp_path / f"k{chunks}"
+        art = get_exporter("executorch", "int8", chunks=chunks).export_component("transformer", wrappers["transformer"],
+                                                                               spec, root)
+        entry = art.entry("executorch", spec)
+        if chunks == 2:
+            assert entry.path == "transformer" and entry.files == [f"transformer/chunk{i}/model.pte" for i in (0, 1)]
+            assert [c["module_api"]["program"] for c in entry.options["chunks"]] == entry.files
+            assert all(c["delegation"]["delegated_share"] > 0.8 for c in entry.options["chunks"])
+        outputs[chunks] = ExecuTorchBackend().open(root, "transformer", entry).run(feeds)["velocity"]
+    assert outputs[1].shape == outputs[2].shape == (1, 16, 8, 8)
+    assert psnr(outputs[1], outputs[2]) > 90.0, psnr(outputs[1], outputs[2])

@@ -127,7 +127,9 @@ def check_folder(path: Path, t5: bool) -> dict:
     return index
 
 
-def _load_part(path: Path, part: str, dtype):
+def load_part(path: Path, part: str, dtype):
+    """``path/part`` (a diffusers/transformers folder) as ``MODEL_PARTS[part]``, weights memory-mapped from
+    safetensors where the dtype allows (``low_cpu_mem_usage``), in eval mode without gradients."""
     import importlib
 
     lib, cls_name = MODEL_PARTS[part]
@@ -167,7 +169,7 @@ def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None, config
     defaults = read_defaults(path)
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json", f"model folder {path} is incomplete")
     dtype = dtype or torch.float32
-    parts = {p: _load_part(path, p, dtype) for p in MODEL_PARTS if p != "text_encoder_3" or t5}
+    parts = {p: load_part(path, p, dtype) for p in MODEL_PARTS if p != "text_encoder_3" or t5}
     tok_dirs = {"text_encoder": path / "tokenizer", "text_encoder_2": path / "tokenizer_2"}
     if t5:
         tok_dirs["text_encoder_3"] = path / "tokenizer_3"

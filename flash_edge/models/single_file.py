@@ -257,7 +257,7 @@ def find_separate(component: str, path: Path, text_dir) -> Path | None:
 
 def text_encoder(component: str, ckpt: Checkpoint, keys, path: Path, config: Path, text_dir, dtype):
     """From the checkpoint, else a separate file, else the config folder's own weights, else a clear error."""
-    from .loading import _load_part
+    from .loading import load_part
 
     if keys:
         return load_text_encoder(component, ckpt, keys, lambda k: k, config, dtype)
@@ -273,7 +273,7 @@ def text_encoder(component: str, ckpt: Checkpoint, keys, path: Path, config: Pat
         raise ModelLoadError(f"{separate} is not a {TEXT_NAMES[component]} file: no {SEPARATE_KEYS[component]} "
                              f"(keys: {_show(sep.shapes)})")
     if any((config / component).glob("*.safetensors")):
-        return _load_part(config, component, dtype)
+        return load_part(config, component, dtype)
     where = f"{Path(text_dir).expanduser()}" if text_dir else f"{path.parent / 'text_encoders'} or {path.parent}"
     hint = " (or pass --no-t5)" if component == "text_encoder_3" else ""
     raise ModelLoadError(
@@ -290,7 +290,7 @@ def load_single_file(path, config=None, t5: bool = False, dtype=None, text_encod
     """
     import torch
 
-    from .loading import SD3Model, _load_part, read_defaults
+    from .loading import SD3Model, load_part, read_defaults
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -304,7 +304,7 @@ def load_single_file(path, config=None, t5: bool = False, dtype=None, text_encod
     if parts["vae"]:
         vae = load_vae(ckpt, parts["vae"], config, dtype)
     elif any((config / "vae").glob("*.safetensors")):
-        vae = _load_part(config, "vae", dtype)
+        vae = load_part(config, "vae", dtype)
     else:
         raise ModelLoadError(f"{path} has no VAE (no {VAE}* keys) and {config / 'vae'} has no weights either")
     encoders = {c: text_encoder(c, ckpt, parts[c], path, config, text_encoders, dtype)
