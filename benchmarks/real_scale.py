@@ -256,8 +256,10 @@ def t5_spec(tokens: int = 256):
 
 
 def export_full(arch: str, target: str, precision: str, size: int, work: Path, threads: int,
-                options: dict | None = None) -> dict:
-    """``arch``: a transformer architecture (``size``: image side in pixels) or ``t5xxl`` (``size``: tokens)."""
+                options: dict | None = None, load_dtype: str | None = None) -> dict:
+    """``arch``: a transformer architecture (``size``: image side in pixels) or ``t5xxl`` (``size``: tokens).
+    The weights are written and loaded in ``load_dtype`` (default: the export precision if it is a float type,
+    else fp32)."""
     import gc
 
     import numpy as np
@@ -272,7 +274,7 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
     torch.set_num_threads(threads)
     options = options or {}
     exporter = get_exporter(target, precision, **options)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = getattr(torch, DTYPES[load_dtype or (precision if precision in DTYPES else "fp32")])
     t5 = arch == "t5xxl"
     spec = t5_spec(size) if t5 else transformer_spec(arch, size)
     component = spec.name  # transformer | text_encoder_3: the folder name the SDK's loader reads
@@ -305,7 +307,7 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
               "config": {k: list(v) if isinstance(v, tuple) else v for k, v in (T5_XXL if t5 else TRANSFORMERS[arch]).items()},
               "parameters": n_params, "target": target, "precision": exporter.precision,
               **({"text_tokens": size} if t5 else {"size": size, "text_tokens": spec.inputs[2].shape[1]}),
-              "threads": threads, "exporter_options": options,
+              "threads": threads, "exporter_options": options, "loaded_as": str(dtype).removeprefix("torch."),
               "chunks": len(entry.options.get("chunks") or [None]),
               "artifact": {"path": entry.path, "files": {f: (root / f).stat().st_size for f in entry.files},
                            "bytes": sum((root / f).stat().st_size for f in entry.files)},
@@ -330,6 +332,41 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
     return result
 
 
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def table(data: dict) -> str:
+    """benchmarks/results/real-scale.md: one row per full-size export in ``data`` (real-scale.json)."""
+    lines = ["# Full-size exports on a 2-core, 24 GB CPU machine (random weights, real architectures)", "",
+             f"Written by `python -m benchmarks.real_scale table` from `real-scale.json` (each row's command is there). "
+             "Weights are written to disk by a child process and loaded by the SDK's own loader, memory-mapped, as "
+             "a user's checkpoint would be. *Export* is the exporter's wall time; *peak RSS* is the highest VmHWM "
+             "of any phase (load, reference forward, export, artifact load, artifact forward; it counts "
+             "memory-mapped weight pages, which the kernel can drop), *peak anon* the highest anonymous memory "
+             "(what the process owns). Parity: PSNR of the artifact's output, run by the target's own runtime, "
+             "against the loaded model's PyTorch output on the same inputs.", "",
+             "| model | target | precision | files | size GB | share of fp32 | export s | peak RSS GiB | peak anon GiB "
+             "| parity dB (floor) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in data.items():
+        if not key.startswith("export/"):
+            continue
+        fp32 = r["parameters"] * 4
+        par = r["parity"]
+        parity = (f"{par['psnr_db']} ({par['floor_db']})" if "psnr_db" in par
+                  else f"not run: {par['reason'].split(' (')[0].split(';')[0]}")
+        what = r["architecture"] + (f", {r['size']}²" if "size" in r else f", {r['text_tokens']} tokens")
+        files = len(r["artifact"]["files"])
+        chunks = f" ({r['chunks']} chunks)" if r.get("chunks", 1) > 1 else ""
+        lines.append(f"| {what} | {r['target']} | {r['precision']} | {files}{chunks} | {_gb(r['artifact']['bytes'])} "
+                     f"| {r['artifact']['bytes'] / fp32:.1%} | {r['phases']['export']['seconds']:.0f} "
+                     f"| {r['peak_rss_gib']} | {r['peak_anon_gib']} | {parity} |")
+    notes = data.get("notes")
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
 def merge_results(key: str, value: dict, path: Path = RESULTS) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[key] = value
@@ -342,6 +379,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("count", help="parameters and bytes of every SD3.5 part (meta device)")
     sub.add_parser("clip-rss", help="measured RSS of CLIP-L + CLIP-G in bf16; T5-XXL counted")
+    sub.add_parser("table", help=f"write {RESULTS.with_suffix('.md').name} from {RESULTS.name}")
     w = sub.add_parser("write", help="(child process) random weights of one part saved as a folder")
     w.add_argument("--part", required=True, choices=[f"transformer-{a}" for a in TRANSFORMERS] + ["clip_l", "clip_g", "t5xxl"])
     w.add_argument("--dtype", choices=list(DTYPES), default="bf16")
@@ -353,6 +391,8 @@ def main(argv=None) -> int:
     e.add_argument("--size", type=int, help="image side in pixels (default 512); with --arch t5xxl the number of "
                    "T5 tokens (default 256, diffusers' max_sequence_length)")
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--load-dtype", choices=list(DTYPES), help="dtype the weights are written and loaded in (default: "
+                   "the precision if it is fp32/bf16/fp16, else fp32); bf16 lets SD3.5-Large (32 GB in fp32) load here")
     e.add_argument("--work", help="folder for the artifact (default: a temporary folder, removed after)")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an exporter option, as flash-export's flag without dashes (chunks=5, deployment_target=iOS18)")
@@ -363,6 +403,10 @@ def main(argv=None) -> int:
     if args.cmd == "write":
         print(json.dumps(write_part(args.part, args.dtype, Path(args.out))))
         return 0
+    if args.cmd == "table":
+        RESULTS.with_suffix(".md").write_text(table(json.loads(RESULTS.read_text())))
+        print(RESULTS.with_suffix(".md").read_text())
+        return 0
     if args.cmd == "count":
         key, value = "counts", count()
     elif args.cmd == "clip-rss":
@@ -372,7 +416,8 @@ def main(argv=None) -> int:
         try:
             options = dict(o.split("=", 1) for o in args.option)
             size = args.size or (256 if args.arch == "t5xxl" else 512)
-            value = export_full(args.arch, args.target, args.precision, size, work, args.threads, options)
+            value = export_full(args.arch, args.target, args.precision, size, work, args.threads, options,
+                                args.load_dtype)
         finally:
             if not args.work:
                 shutil.rmtree(work, ignore_errors=True)

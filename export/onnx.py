@@ -200,11 +200,14 @@ class OnnxExporter(Exporter):
     def _export_file(self, name, module, spec, out: Path, calibration=None) -> tuple[list[Path], dict, str]:
         """``module`` -> ``out`` (and its data file) through every pass; returns the files, what was done and
         the precision written."""
+        from .chunks import upcast
+
         record: dict = {"opset": OPSET}
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{name}-onnx-", dir=out.parent) as tmp:
             work = Path(tmp)
-            exported, external, crops = self._export_fp32(spec.name, module, spec, work / "exported.onnx")
+            with upcast(module):  # a bf16/fp16 model is traced in fp32 one piece at a time
+                exported, external, crops = self._export_fp32(spec.name, module, spec, work / "exported.onnx")
             if crops:
                 record["pos_embed_cropped"] = [{"from": list(a), "to": list(b)} for a, b in crops]
             if external:
