@@ -342,7 +342,7 @@ def test_cli_options_belong_to_coreml(tmp_path, capsys):
     from flash_edge.cli.export import main
 
     assert main(["--target", "torch", "--chunks", "2", "--out", str(tmp_path / "a")]) == 2
-    assert "--chunks applies to --target coreml" in capsys.readouterr().err
+    assert "--chunks applies to --target coreml / executorch / onnx, not torch" in capsys.readouterr().err
     assert main(["--target", "coreml", "--precision", "w3", "--out", str(tmp_path / "b")]) == 2
     assert "choose one of fp16, w8, w6, w4" in capsys.readouterr().err
     assert main(["--target", "coreml", "--precision", "fp16", "--chunks", "9", "--out", str(tmp_path / "c"),

@@ -63,14 +63,16 @@ def target_options(args, target: str) -> dict:
     from ..export import exporter_class
 
     own = exporter_class(target).cli_options  # an unknown target fails here, with the list of targets
-    chosen = {}
+    chosen, owners = {}, {}  # owners: flag -> (its dest, the targets that take it)
     for t, cls in _exporter_classes().items():
         for flag, kwargs in cls.cli_options.items():
             dest = kwargs.get("dest") or flag.lstrip("-").replace("-", "_")
+            owners.setdefault(flag, (dest, []))[1].append(t)
             if flag in own:
                 chosen[dest] = getattr(args, dest, kwargs.get("default"))
-            elif hasattr(args, dest):
-                raise InvalidInput(f"{flag} applies to --target {t}, not {target}")
+    for flag, (dest, targets) in owners.items():
+        if flag not in own and hasattr(args, dest):
+            raise InvalidInput(f"{flag} applies to --target {' / '.join(sorted(targets))}, not {target}")
     return chosen
 
 
