@@ -309,6 +309,9 @@ def export_full(arch: str, target: str, precision: str, size: int, work: Path, t
               **({"text_tokens": size} if t5 else {"size": size, "text_tokens": spec.inputs[2].shape[1]}),
               "threads": threads, "exporter_options": options, "loaded_as": str(dtype).removeprefix("torch."),
               "chunks": len(entry.options.get("chunks") or [None]),
+              "artifact_facts": {k: v for k, v in entry.options.items() if k in (
+                  "weights", "palettized_weights", "conversion", "recipe", "quantization", "external_weights",
+                  "external_data", "pos_embed_cropped")},
               "artifact": {"path": entry.path, "files": {f: (root / f).stat().st_size for f in entry.files},
                            "bytes": sum((root / f).stat().st_size for f in entry.files)},
               "tools": package_versions(["torch", "diffusers", "transformers", "safetensors", "numpy",

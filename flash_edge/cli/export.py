@@ -38,14 +38,14 @@ def parser():
                    "(marked loudly in the manifest)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    added = set()
-    for target, cls in _exporter_classes().items():
-        flags = [f for f in cls.cli_options if f not in added]  # a flag two targets share is added once
-        if flags:
-            group = p.add_argument_group(f"{target} options")
-            for flag in flags:  # absent unless given: another target's flag is an error even at its default
-                group.add_argument(flag, **{**cls.cli_options[flag], "default": argparse.SUPPRESS})
-            added.update(flags)
+    flags = target_flags()
+    groups: dict[tuple[str, ...], list[str]] = {}  # a flag several targets share: once, in a group naming them
+    for flag, (_, targets, _) in flags.items():
+        groups.setdefault(targets, []).append(flag)
+    for targets, names in groups.items():
+        group = p.add_argument_group(f"{' / '.join(targets)} options")
+        for flag in names:  # absent unless given: another target's flag is an error even at its default
+            group.add_argument(flag, **{**flags[flag][2], "default": argparse.SUPPRESS})
     return p
 
 
@@ -56,6 +56,17 @@ def _exporter_classes() -> dict:
     return {t: exporter_class(t) for t in REGISTRY}
 
 
+def target_flags() -> dict[str, tuple[str, tuple[str, ...], dict]]:
+    """Every target option: flag -> (its argparse dest, the targets that take it, its argparse keywords)."""
+    out: dict[str, tuple[str, tuple[str, ...], dict]] = {}
+    for target, cls in _exporter_classes().items():
+        for flag, kwargs in cls.cli_options.items():
+            dest = kwargs.get("dest") or flag.lstrip("-").replace("-", "_")
+            _, targets, first = out.get(flag, (dest, (), kwargs))  # a shared flag: the first target's keywords
+            out[flag] = (dest, tuple(sorted((*targets, target))), first)
+    return out
+
+
 def target_options(args, target: str) -> dict:
     """The values of ``target``'s own options (their defaults where not given); another target's option given
     at all is an error."""
@@ -63,16 +74,12 @@ def target_options(args, target: str) -> dict:
     from ..export import exporter_class
 
     own = exporter_class(target).cli_options  # an unknown target fails here, with the list of targets
-    chosen, owners = {}, {}  # owners: flag -> (its dest, the targets that take it)
-    for t, cls in _exporter_classes().items():
-        for flag, kwargs in cls.cli_options.items():
-            dest = kwargs.get("dest") or flag.lstrip("-").replace("-", "_")
-            owners.setdefault(flag, (dest, []))[1].append(t)
-            if flag in own:
-                chosen[dest] = getattr(args, dest, kwargs.get("default"))
-    for flag, (dest, targets) in owners.items():
-        if flag not in own and hasattr(args, dest):
-            raise InvalidInput(f"{flag} applies to --target {' / '.join(sorted(targets))}, not {target}")
+    chosen = {}
+    for flag, (dest, targets, kwargs) in target_flags().items():
+        if flag in own:
+            chosen[dest] = getattr(args, dest, own[flag].get("default"))
+        elif hasattr(args, dest):
+            raise InvalidInput(f"{flag} applies to --target {' / '.join(targets)}, not {target}")
     return chosen
 
 
