@@ -425,7 +425,8 @@ def main(argv=None) -> int:
             if not args.work:
                 shutil.rmtree(work, ignore_errors=True)
         value["command"] = "nice -n 5 .venv/bin/python -m benchmarks.real_scale " + " ".join(argv or sys.argv[1:])
-        key = f"export/{args.arch}/{args.target}-{args.precision}-{size}" + ("tok" if args.arch == "t5xxl" else "")
+        key = (f"export/{args.arch}/{args.target}-{args.precision}-{size}" + ("tok" if args.arch == "t5xxl" else "")
+               + "".join(f"-{k}{v}" for k, v in sorted(options.items())))
     print(json.dumps(value, indent=2))
     if not args.no_save:
         merge_results(key, value)

@@ -222,10 +222,17 @@ def test_bf16_model_is_exported_piece_by_piece_in_fp32_and_left_as_it_was(tiny_p
     assert 45.0 <= psnr(reference, out) < 100.0, psnr(reference, out)
 
 
-def test_upcast_refuses_mixed_dtypes():
+def test_upcast_puts_back_the_very_tensors_it_found():
+    """Inside: everything fp32. After: each parameter and buffer is the original tensor object's storage again
+    (memory-mapped weights stay memory-mapped), mixed dtypes included."""
     from flash_edge.export.chunks import upcast
 
-    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).to(torch.float16))
-    with pytest.raises(ValueError, match="mixed dtypes"):
-        with upcast(mixed):
-            pass
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2).to(torch.bfloat16), torch.nn.Linear(2, 2).to(torch.float16),
+                                torch.nn.BatchNorm1d(2).to(torch.bfloat16))
+    before = {n: (t.dtype, t.data_ptr()) for n, t in [*model.named_parameters(), *model.named_buffers()]
+              if t.is_floating_point()}
+    with upcast(model):
+        assert {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()} == {torch.float32}
+    after = {n: (t.dtype, t.data_ptr()) for n, t in [*model.named_parameters(), *model.named_buffers()]
+             if t.is_floating_point()}
+    assert after == before
