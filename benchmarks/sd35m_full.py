@@ -24,19 +24,10 @@ from pathlib import Path
 
 SEED = 0
 SHIFT = 3.0
-# Published configurations (diffusers / transformers classes); see /work/shared/notes/paper.md.
-TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
-                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                   pooled_projection_dim=2048, pos_embed_max_size=384, dual_attention_layers=tuple(range(13)),
-                   qk_norm="rms_norm")
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              projection_dim=768, hidden_act="quick_gelu", vocab_size=49408, max_position_embeddings=77)
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-              projection_dim=1280, hidden_act="gelu", vocab_size=49408, max_position_embeddings=77)
-VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-           layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-           norm_num_groups=32, sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
-           use_post_quant_conv=False)
+from .real_scale import CLIP_G, CLIP_L, VAE  # the published configurations, in one place
+from .real_scale import TRANSFORMERS
+
+TRANSFORMER = TRANSFORMERS["sd35-medium"]
 PARTS = {  # folder -> (library, class)
     "transformer": ("diffusers", "SD3Transformer2DModel"), "vae": ("diffusers", "AutoencoderKL"),
     "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
