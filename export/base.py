@@ -19,7 +19,6 @@ from ..spec import ComponentSpec
 
 
 # --chunks, shared by the targets that split the transformer (export/chunks.py; flash-export adds it once)
-CHUNK_LIMIT_BYTES = 2**31 - 256 * 2**20  # "auto": each piece's fp32 weights under protobuf's 2 GB, with room
 CHUNKS_OPTION = {"--chunks": dict(default="auto", help="split the transformer into K programs run one after "
                                   "another (auto: a transformer whose fp32 weights pass 2 GB is split into pieces "
                                   "under 2 GB, each converted and quantized by itself; onnx fp32/fp16 keep one file "

@@ -28,6 +28,8 @@ from torch import nn
 from ..errors import InvalidInput
 from ..spec import ComponentSpec, TensorSpec
 
+CHUNK_LIMIT_BYTES = 2**31 - 256 * 2**20  # "auto": each piece's fp32 weights under protobuf's 2 GB, with room
+
 
 def _weight(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -41,6 +43,17 @@ def chunks_for(wrapper, bytes_per_weight: int, limit_bytes: int) -> int:
         return 1
     total = _weight(transformer) * bytes_per_weight
     return max(1, min(len(transformer.transformer_blocks), -(-total // limit_bytes)))
+
+
+def chunk_count(name: str, wrapper, requested: str | int, auto: bool) -> int:
+    """How many pieces component ``name`` is exported in: the transformer in ``requested`` (``--chunks``) pieces,
+    or with ``"auto"``, where the target wants it (``auto``), in pieces under 2 GB of fp32 weights each (the
+    conversions and quantizers hold several copies of what they convert); every other component whole."""
+    if name != "transformer":
+        return 1
+    if requested != "auto":
+        return requested
+    return chunks_for(wrapper, 4, CHUNK_LIMIT_BYTES) if auto else 1
 
 
 def split_points(transformer, chunks: int) -> list[tuple[int, int]]:

@@ -22,7 +22,7 @@ import platform
 from pathlib import Path
 
 from ..errors import ExportError
-from .base import CHUNK_LIMIT_BYTES, CHUNKS_OPTION, Artifact, Exporter, parse_chunks
+from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .coreml_palettize import BITS, Policy, decompressed_weights, load_into
 
 DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
@@ -112,12 +112,11 @@ class CoreMLExporter(Exporter):
         return ml, route
 
     def _pieces(self, name, module, spec):
-        from .chunks import chunks_for, pieces  # torch: imported when exporting, not when the CLI lists options
+        from .chunks import chunk_count, pieces  # torch: imported when exporting, not when the CLI lists options
 
-        # auto: pieces under 2 GB of fp32 weights; ct.convert holds the fp32 weights, their fp16 copy and the
-        # traced program at once, and iOS maps each program's weights whole
-        chunks = chunks_for(module, 4, CHUNK_LIMIT_BYTES) if self.chunks == "auto" else self.chunks
-        return pieces(name, module, spec, chunks)
+        # auto: ct.convert holds the fp32 weights, their fp16 copy and the traced program at once, and iOS maps
+        # each program's weights whole
+        return pieces(name, module, spec, chunk_count(name, module, self.chunks, auto=True))
 
     def export_component(self, name, module, spec, root: Path) -> Artifact:
         self._wrappers[name], self._specs[name], self._root = module, spec, root

@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 
 from ..errors import BackendUnavailable, ExportError, InvalidInput
-from .base import CHUNK_LIMIT_BYTES, CHUNKS_OPTION, Artifact, Exporter, parse_chunks
+from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .executorch_quantize import RECIPE_DESCRIPTION, RECIPE_PRECISION, example_args, quantize, recipe_for
 
 PTE, PTD_TAG = "model.pte", "model"  # the data file is named after its tag: model.ptd
@@ -223,15 +223,11 @@ class ExecuTorchExporter(Exporter):
         return FLOORS_DB[RECIPE_PRECISION[recipe]]
 
     def chunk_count(self, name, module) -> int:
-        from .chunks import chunks_for
+        from .chunks import chunk_count
 
-        if name != "transformer":
-            return 1
-        if self.chunks != "auto":
-            return self.chunks
         # auto: PT2E quantization and XNNPACK lowering hold the fp32 weights, their quantized copy and the
-        # packed delegate blob at once; pieces under 2 GB of fp32 weights keep that bounded
-        return chunks_for(module, 4, CHUNK_LIMIT_BYTES)
+        # packed delegate blob at once; pieces keep that bounded (and each program small for an app)
+        return chunk_count(name, module, self.chunks, auto=True)
 
     def export_component(self, name, module, spec, root: Path) -> Artifact:
         from .chunks import pieces

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ExportError, InvalidInput
-from .base import CHUNK_LIMIT_BYTES, CHUNKS_OPTION, Artifact, Exporter, parse_chunks
+from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .onnx_passes import GRAPH_MARGIN, PROTOBUF_LIMIT, convert_fp16, data_name, optimize_offline, quantize_int8
 
 OPSET = 20
@@ -142,17 +142,11 @@ class OnnxExporter(Exporter):
         return self.precision == "int8" and (component not in FLOAT_UNLESS_ASKED or self.options["quantize_vae"])
 
     def chunk_count(self, name, module) -> int:
-        from .chunks import chunks_for
+        from .chunks import chunk_count
 
-        if name != "transformer":
-            return 1
-        if self.options["chunks"] != "auto":
-            return self.options["chunks"]
-        if not self.quantized(name):
-            return 1
-        # int8: ONNX Runtime's quantizer holds ~3x the fp32 model (measured: past 20 GB on SD3.5-Medium's 9 GB);
-        # pieces under protobuf's limit are quantized one at a time, in memory, without external data
-        return chunks_for(module, 4, CHUNK_LIMIT_BYTES)
+        # auto for int8 only: ONNX Runtime's quantizer holds ~3x the fp32 model (measured: past 20 GB on
+        # SD3.5-Medium's 9 GB); fp32/fp16 stay one file with external data
+        return chunk_count(name, module, self.options["chunks"], auto=self.quantized(name))
 
     def export_component(self, name, module, spec, root: Path) -> Artifact:
         from .chunks import pieces
