@@ -19,17 +19,29 @@ def chunk_specs(entry, component: str) -> list[ComponentSpec]:
     specs = [ComponentSpec(f"{component}.chunk{i}", tuple(TensorSpec.from_dict(t) for t in c["inputs"]),
                            tuple(TensorSpec.from_dict(t) for t in c["outputs"])) for i, c in enumerate(chunks)]
     if specs:
-        known = set(entry.spec(component).input_names)
+        whole = entry.spec(component)
+        known = set(whole.input_names)
         for s in specs:
             missing = [n for n in s.input_names if n not in known]
             if missing:
                 raise BundleError(f"{s.name} takes {missing}, which neither the component's inputs nor an earlier "
                                   f"chunk provide: the manifest's chunk list is broken")
             known.update(s.output_names)
-        absent = [n for n in entry.spec(component).output_names if n not in known]
+        absent = [n for n in whole.output_names if n not in known]
         if absent:
             raise BundleError(f"no chunk of {component} writes its output(s) {absent}")
     return specs
+
+
+def open_chained(entry, component: str, open_one) -> Session:
+    """The component's session: ``open_one(spec, program)`` once for an unchunked entry, or per chunk, chained.
+    ``program`` is where one program's facts are: the chunk's manifest dict, or for an unchunked entry its
+    options with its ``path`` and ``files`` (so ``program["path"]``, ``program.get("data_file")`` and the like
+    read the same either way)."""
+    specs = chunk_specs(entry, component)
+    if not specs:
+        return open_one(entry.spec(component), {**entry.options, "path": entry.path, "files": entry.files})
+    return ChunkedSession(entry.spec(component), [open_one(s, c) for s, c in zip(specs, entry.options["chunks"])])
 
 
 class ChunkedSession(Session):

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import BundleError, InvalidInput
 from ..spec import ComponentSpec
 from .base import Backend, Session
-from .chunked import ChunkedSession, chunk_specs
+from .chunked import open_chained
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
@@ -68,9 +68,5 @@ class CoreMLBackend(Backend):
         units = self.options.get("compute_units") or entry.options.get("compute_units") or "CPU_AND_NE"
         if units not in COMPUTE_UNITS:
             raise InvalidInput(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, got {units!r}")
-        root, spec = Path(root), entry.spec(component)
-        chunks = chunk_specs(entry, component)
-        if not chunks:
-            return CoreMLSession(spec, root / entry.options.get("compiled", entry.path), units)
-        return ChunkedSession(spec, [CoreMLSession(s, root / c.get("compiled", c["path"]), units)
-                                     for s, c in zip(chunks, entry.options["chunks"])])
+        return open_chained(entry, component, lambda spec, program: CoreMLSession(
+            spec, Path(root) / program.get("compiled", program["path"]), units))

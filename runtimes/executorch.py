@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import BackendUnavailable, BundleError
 from .base import Backend, Session
-from .chunked import ChunkedSession, chunk_specs
+from .chunked import open_chained
 
 
 def set_threads(threads: int) -> int:
@@ -59,11 +59,8 @@ class ExecuTorchBackend(Backend):
         if self.options.get("threads"):
             set_threads(int(self.options["threads"]))
         method = entry.options.get("module_api", {}).get("method", "forward")
-        chunks = chunk_specs(entry, component)
-        if not chunks:
-            return _session(runtime, Path(root), entry.spec(component), entry.path, entry.options.get("data_file"), method)
-        return ChunkedSession(entry.spec(component), [_session(runtime, Path(root), s, c["path"], c.get("data_file"), method)
-                                                      for s, c in zip(chunks, entry.options["chunks"])])
+        return open_chained(entry, component, lambda spec, program: _session(
+            runtime, Path(root), spec, program["path"], program.get("data_file"), method))
 
 
 def _session(runtime, root: Path, spec, path: str, data: str | None, method: str) -> ExecuTorchSession:

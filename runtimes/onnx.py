@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import BackendUnavailable, BundleError, InvalidInput
 from .base import Backend, Session
-from .chunked import ChunkedSession, chunk_specs
+from .chunked import open_chained
 
 SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider",
                "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
@@ -150,12 +150,9 @@ class OnnxBackend(Backend):
         if io_binding is None:
             io_binding = providers[0] != "CPUExecutionProvider"
 
-        def one(spec, path: str, files: list[str]) -> OnnxSession:
-            data = [root / f for f in files if f != path]
-            return OnnxSession(spec, open_session(root / path, providers, options, data), io_binding=bool(io_binding))
+        def one(spec, program: dict) -> OnnxSession:
+            data = [root / f for f in program["files"] if f != program["path"]]
+            session = open_session(root / program["path"], providers, options, data)
+            return OnnxSession(spec, session, io_binding=bool(io_binding))
 
-        chunks = chunk_specs(entry, component)
-        if not chunks:
-            return one(entry.spec(component), entry.path, entry.files)
-        return ChunkedSession(entry.spec(component), [one(s, c["path"], c["files"])
-                                                      for s, c in zip(chunks, entry.options["chunks"])])
+        return open_chained(entry, component, one)
