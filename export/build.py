@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..bundle import atomic_directory, check_output_path, write_manifest
+from ..atomic import atomic_directory, check_output_path, ensure_apart
+from ..bundle import write_manifest
 from ..errors import ExportError
 from ..versions import package_versions, python_version
 from .parity import run_gate
@@ -19,8 +20,8 @@ def _write_tokenizers(model, spec, root: Path) -> None:
         dest = root / tok_spec.path
         model.tokenizer(comp).save_pretrained(str(dest))
         src = model.tokenizer_dirs[comp]
-        for name in ("vocab.json", "merges.txt", "spiece.model"):  # what Swift/Kotlin tokenizers read
-            if (src / name).is_file() and not (dest / name).exists():
+        for name in ("vocab.json", "merges.txt", "spiece.model"):  # what Swift/Kotlin tokenizers read (data only)
+            if (src / name).is_file() and not (src / name).is_symlink() and not (dest / name).exists():
                 shutil.copyfile(src / name, dest / name)
         if not (dest / "tokenizer.json").is_file():
             raise ExportError(f"the tokenizer of {src} could not be saved as tokenizer.json (the runtime needs it)")
@@ -29,7 +30,7 @@ def _write_tokenizers(model, spec, root: Path) -> None:
 
 
 def export_bundle(source: str | Path, target: str, out: str | Path, precision: str | None = None, *,
-                  height: int | None = None, width: int | None = None, steps: int = 4, rule: str = "euler",
+                  height: int | None = None, width: int | None = None, steps: int | None = None, rule: str = "euler",
                   sigmas=None, t5: bool = False, t5_tokens: int | None = None, force: bool = False,
                   skip_parity: bool = False, progress: Progress | None = None, config=None,
                   **target_options) -> Path:
@@ -44,13 +45,14 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     say = progress or (lambda msg: None)
     exporter = get_exporter(target, precision, **target_options)  # bad target/precision fail before any work
     out = check_output_path(out, force)
-    say(f"loading model {source}")
-    model = load_model(source, t5=t5, config=config)
-    spec = generation_spec(model, height, width, steps=steps, rule=rule, sigmas=sigmas,
-                           t5_tokens=t5_tokens)
-    specs = spec.component_specs()
-    wrappers = build_wrappers(model, spec.components)
-    with atomic_directory(out, force) as tmp:
+    with atomic_directory(out, force) as tmp:  # holds --out's lock from here: a second writer fails at once
+        say(f"loading model {source}")
+        model = load_model(source, t5=t5, config=config)
+        ensure_apart(out, {model.path, *(d.parent for d in model.tokenizer_dirs.values())})
+        spec = generation_spec(model, height, width, steps=steps, rule=rule, sigmas=sigmas,
+                               t5_tokens=t5_tokens)
+        specs = spec.component_specs()
+        wrappers = build_wrappers(model, spec.components)
         _write_tokenizers(model, spec, tmp)
         entries = {}
         for i, name in enumerate(spec.components, 1):

@@ -5,30 +5,32 @@
       tokenizer/ tokenizer_2/ [tokenizer_3/]   tokenizer.json (+ vocab.json, merges.txt for CLIP)
       text_encoder/ text_encoder_2/ transformer/ vae_decoder/ [text_encoder_3/]   one artifact each
 
-Writing is atomic (a temporary sibling directory renamed into place at the end), so a failed export
-leaves nothing behind. Opening checks the format version and, by default, every file's size and sha256.
+Writing is atomic and never loses data (``atomic.py``). Opening treats the bundle as hostile input: the
+manifest is validated whole (``manifest.py``), every path is held inside the bundle (``confine.py``), every
+file is listed with its size and sha256 (checked; ``verify=False`` skips only the hashes), and a file the
+manifest does not list is refused. Nothing in a bundle is imported, unpickled or executed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from . import __version__
-from .errors import BundleError, InvalidInput
+from .atomic import BUNDLE_FORMAT, atomic_directory, check_output_path  # noqa: F401 - re-exported
+from .confine import inside, stray_entries
+from .errors import BundleError
+from .manifest import CODE_SUFFIXES, validate
 from .spec import ComponentSpec, GenerationSpec, TensorSpec
 
-FORMAT = "flash-edge-bundle"
+FORMAT = BUNDLE_FORMAT
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
+IGNORED = frozenset({".DS_Store"})  # Finder's folder notes: never read, tolerated anywhere in a bundle
 
 
 @dataclass
@@ -74,7 +76,7 @@ def _json_safe(obj):
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: dict  # validated whole by ``open`` (``manifest.validate``)
 
     @property
     def spec(self) -> GenerationSpec:
@@ -85,40 +87,50 @@ class Bundle:
         return {k: ComponentEntry(**v) for k, v in self.manifest["components"].items()}
 
     def file(self, rel: str) -> Path:
-        return self.path / rel
+        """``rel`` (a path the manifest names) under the bundle, held inside it (``confine.inside``)."""
+        return inside(self.path, rel, rel)
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        """Read and validate a bundle: the manifest whole (types, keys, ranges, paths), then every file it
+        lists (inside the bundle, size, and with ``verify`` its sha256), and no file it does not list."""
         path = Path(path)
         mf = path / MANIFEST
         if not path.is_dir():
             raise BundleError(f"bundle {path} does not exist or is not a directory")
         if not mf.is_file():
             raise BundleError(f"{path} is not a flash-edge bundle: it has no {MANIFEST}")
+        inside(path, MANIFEST, MANIFEST)
+        if mf.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mf} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a flash-edge manifest")
         try:
-            manifest = json.loads(mf.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{mf} is not valid JSON ({e}): the bundle is corrupt, export it again") from None
+            manifest = json.loads(mf.read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise BundleError(f"{mf} is not valid JSON ({type(e).__name__}: {str(e)[:200]}): the bundle is corrupt, "
+                              f"export it again") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise BundleError(f"{mf} is not a flash-edge manifest (format is {manifest.get('format')!r})"
+            raise BundleError(f"{mf} is not a flash-edge manifest (format is {str(manifest.get('format'))[:80]!r})"
                               if isinstance(manifest, dict) else f"{mf} is not a flash-edge manifest")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleError(
-                f"bundle {path} has format version {version} (written by flash-edge "
-                f"{manifest.get('sdk_version', '?')}); this flash-edge {__version__} reads version {FORMAT_VERSION}: "
-                f"export the bundle again with this version")
-        bundle = cls(path, manifest)
+                f"bundle {path} has format version {str(version)[:20]} (written by flash-edge "
+                f"{str(manifest.get('sdk_version', '?'))[:20]}); this flash-edge {__version__} reads version "
+                f"{FORMAT_VERSION}: export the bundle again with this version")
         try:
-            bundle.spec, bundle.components  # noqa: B018 - parse now, so a bad manifest fails here, clearly
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{mf} is incomplete or malformed ({type(e).__name__}: {e})") from None
+            validate(manifest)
+        except BundleError as e:
+            raise BundleError(f"{mf}: {e}") from None
+        bundle = cls(path, manifest)
         bundle.check_files(hashes=verify)
         return bundle
 
     def check_files(self, hashes: bool = True) -> None:
-        for rel, meta in self.manifest.get("files", {}).items():
-            f = self.path / rel
+        """Every listed file is inside the bundle with its size (and sha256); every path a component names
+        is inside; nothing else is there (``IGNORED`` names aside)."""
+        files = self.manifest["files"]
+        for rel, meta in files.items():
+            f = inside(self.path, rel, f"files[{rel!r}]")
             if not f.is_file():
                 raise BundleError(f"bundle file {f} is missing")
             size = f.stat().st_size
@@ -128,21 +140,34 @@ class Bundle:
             if hashes and sha256_file(f) != meta["sha256"]:
                 raise BundleError(f"bundle file {f} does not match its sha256 in the manifest: it is corrupt "
                                   f"or was changed after export")
+        for name, entry in self.components.items():
+            programs = [entry.options, *(entry.options.get("chunks") or [])]
+            for key, rel in (("path", entry.path), *((k, p[k]) for p in programs for k in ("path", "compiled")
+                                                     if isinstance(p.get(k), str))):
+                inside(self.path, rel, f"components.{name} {key}")
+        stray = stray_entries(self.path, set(files) | {MANIFEST}, IGNORED, limit=5)
+        if stray:
+            raise BundleError(f"bundle {self.path} holds what its manifest does not list: {', '.join(stray)}; a "
+                              f"bundle carries only the files its manifest lists (remove them, or export again)")
 
 
 def write_manifest(directory: Path, generation: GenerationSpec, components: dict[str, ComponentEntry],
                    hash_files: bool = True, **extra) -> dict:
     """Hash every file in ``directory`` and write manifest.json; returns the manifest.
 
-    ``hash_files=False`` writes a provisional manifest (no file list) that the parity gate loads before
-    the final one is written.
+    ``hash_files=False`` writes a provisional manifest (sizes, no hashes: all-zero digests) that the parity
+    gate opens with ``verify=False`` before the final one is written. Code files are refused: a bundle never
+    carries anything to import or unpickle.
     """
     files = {}
-    listed = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    for f in listed if hash_files else []:
+    listed = sorted(p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST)
+    code = [f.relative_to(directory).as_posix() for f in listed if f.suffix.lower() in CODE_SUFFIXES]
+    if code:
+        raise BundleError(f"refusing to write code files into a bundle: {code}")
+    for f in listed:
         rel = f.relative_to(directory).as_posix()
-        files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
-    present = {f.relative_to(directory).as_posix() for f in listed}
+        files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f) if hash_files else "0" * 64}
+    present = set(files)
     for name, entry in components.items():
         missing = [r for r in entry.files if r not in present]
         if missing:
@@ -153,35 +178,3 @@ def write_manifest(directory: Path, generation: GenerationSpec, components: dict
                 **extra, "files": files}
     (directory / MANIFEST).write_text(json.dumps(_json_safe(manifest), indent=2) + "\n", encoding="utf-8")
     return manifest
-
-
-def check_output_path(dest: str | Path, force: bool) -> Path:
-    dest = Path(dest)
-    if dest.exists() and not force:
-        raise InvalidInput(f"{dest} already exists; pass --force to replace it")
-    if dest.exists() and not dest.is_dir():
-        raise InvalidInput(f"{dest} exists and is not a directory")
-    return dest
-
-
-@contextlib.contextmanager
-def atomic_directory(dest: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``dest``; on success it becomes ``dest``.
-
-    On any failure (or Ctrl-C) the temporary directory is removed and ``dest`` is left as it was.
-    """
-    dest = check_output_path(dest, force)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / "b")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -21,6 +21,10 @@ class BundleError(FlashError):
     """A bundle is missing, corrupt, from another format version, or fails its hash check."""
 
 
+class GenerationError(FlashError):
+    """A generation produced non-finite numbers (NaN or inf): an error, never a silently black image."""
+
+
 class BackendUnavailable(FlashError):
     """A backend (or execution provider, or exporter) cannot run here: package missing or wrong platform."""
 
@@ -31,3 +35,11 @@ class ExportError(FlashError):
 
 class ParityError(ExportError):
     """An exported artifact does not reproduce the PyTorch reference within the gate."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of ``e``'s message (cut at ``limit`` characters), or its type's name if it has none:
+    what a one-line error quotes of a library's exception."""
+    text = str(e).strip()
+    line = text.splitlines()[0].strip() if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit] + "..."

@@ -15,11 +15,11 @@ import numpy as np
 
 from .bundle import Bundle
 from .conditioning import build_conditioning
-from .errors import InvalidInput
+from .errors import GenerationError, InvalidInput
 from .image import to_pil
-from .sampler import sample
+from .sampler import check_seed, sample
 from .spec import GenerationSpec
-from .tokenization import PromptTokenizer
+from .tokenization import PromptTokenizer, check_prompt
 
 StepCallback = Callable[[int, int], None]
 
@@ -49,7 +49,8 @@ class FlashPipeline:
             cls_ = choose_backend(entries[name].target, (backends or {}).get(name, backend))
             sessions[name] = cls_(**options).load(bundle, name)
             chosen[name] = cls_.name
-        tokenizers = {c: PromptTokenizer.from_file(bundle.file(t.path) / "tokenizer.json", t.max_length, t.pad_id)
+        tokenizers = {c: PromptTokenizer.from_file(bundle.file(f"{t.path}/tokenizer.json"), t.max_length, t.pad_id,
+                                                   t.vocab_size)
                       for c, t in spec.tokenizers.items()}
         model = bundle.manifest.get("model", {}).get("name", "?")
         return cls(spec, sessions, tokenizers, info={"model": model, "bundle": str(path), "backends": chosen})
@@ -107,14 +108,19 @@ class FlashPipeline:
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """latent -> (1, 3, H, W) float image in [0, 1]."""
-        return self.sessions["vae_decoder"].run({"latent": latent})["image"]
+        image = self.sessions["vae_decoder"].run({"latent": latent})["image"]
+        if not np.all(np.isfinite(image)):
+            raise GenerationError("the VAE decoder returned non-finite values (NaN or inf): the model or its "
+                                  "export is broken")
+        return image
 
     # ----------------------------------------------------------------- the whole thing
     def generate(self, prompt: str, seed: int = 0, negative_prompt: str = "", on_step: StepCallback | None = None,
                  latents: np.ndarray | None = None) -> np.ndarray:
         """prompt -> (1, 3, H, W) float image in [0, 1]; per-phase seconds land in ``self.timings``."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidInput("prompt is empty: describe the image to generate")
+        check_prompt(prompt)
+        check_prompt(negative_prompt, allow_empty=True)
+        check_seed(seed)
         t0 = time.perf_counter()
         cond = self.encode(prompt)
         uncond = self.encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InvalidInput
+from .errors import GenerationError, InvalidInput
 
 STEP_RULES = ("euler", "renoise")
 MIN_STEPS, MAX_STEPS = 1, 8
@@ -47,8 +47,7 @@ def gaussian_noise(seed: int, shape: tuple[int, ...], stream: int = 0) -> np.nda
     words 2m and 2m+1 give ``r = sqrt(-2 ln u1)``, ``theta = 2 pi u2`` and elements
     ``2m = r cos(theta)``, ``2m+1 = r sin(theta)`` (float64, then rounded to float32), in C order.
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise InvalidInput(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     count = int(np.prod(shape, dtype=np.int64))
     pairs = (count + 1) // 2
     base = np.uint64((int(seed) + int(stream) * int(_STREAM_GAMMA)) & _MASK64)
@@ -62,6 +61,19 @@ def gaussian_noise(seed: int, shape: tuple[int, ...], stream: int = 0) -> np.nda
     z[0::2] = r * np.cos(theta)
     z[1::2] = r * np.sin(theta)
     return z[:count].astype(np.float32).reshape(shape)
+
+
+MAX_SEED = (1 << 64) - 1
+
+
+def check_seed(seed) -> int:
+    """A seed is an integer from 0 to 2**64 - 1 (the generator's whole state); anything else is refused
+    rather than wrapped, so two different seeds never give the same picture."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise InvalidInput(f"seed must be an integer, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise InvalidInput(f"seed must be from 0 to 2**64 - 1 ({MAX_SEED}), got {seed}")
+    return int(seed)
 
 
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -103,7 +115,11 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         sig = np.asarray(self.sigmas, dtype=np.float64)
         check_steps(len(sig) - 1)
-        if sig[-1] != 0.0 or np.any(np.diff(sig) >= 0) or sig[0] > 1.0 or np.any(sig < 0):
+        for name in ("timestep_scale", "guidance_scale") + (("shift",) if self.shift is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value < 0:
+                raise InvalidInput(f"{name} must be a finite number >= 0, got {value!r}")
+        if not np.all(np.isfinite(sig)) or sig[-1] != 0.0 or np.any(np.diff(sig) >= 0) or sig[0] > 1.0 or np.any(sig < 0):
             raise InvalidInput(f"sigmas must decrease strictly from at most 1 to a final 0, got {list(self.sigmas)}")
         if self.rule not in STEP_RULES:
             raise InvalidInput(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)}")
@@ -146,6 +162,9 @@ def sample(velocity: Velocity, config: SamplerConfig, shape: tuple[int, ...], se
     sigmas = np.asarray(config.sigmas, dtype=np.float32)
     for i, t in enumerate(config.timesteps):
         v = np.asarray(velocity(x, np.array([t], dtype=np.float32)), dtype=np.float32)
+        if not np.all(np.isfinite(v)):
+            raise GenerationError(f"the transformer returned non-finite values (NaN or inf) at step {i + 1} of "
+                                  f"{config.steps}: the model or its export is broken")
         if config.rule == "euler":
             x = x + (sigmas[i + 1] - sigmas[i]) * v
         else:  # renoise: jump to the clean estimate, then to the next noise level with fresh noise

@@ -24,11 +24,19 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .conditioning import TextLayout
+from .errors import BundleError
 from .sampler import SamplerConfig
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 TOKENIZER_DIRS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
 DTYPES = ("float32", "int64")
+# The diffusers/transformers class each component loads into: the torch target's manifest names it, and a bundle
+# naming any other class is refused (a manifest never chooses code to import).
+TORCH_CLASSES = {"text_encoder": "transformers.CLIPTextModelWithProjection",
+                 "text_encoder_2": "transformers.CLIPTextModelWithProjection",
+                 "text_encoder_3": "transformers.T5EncoderModel",
+                 "transformer": "diffusers.SD3Transformer2DModel",
+                 "vae_decoder": "diffusers.AutoencoderKL"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,21 @@ class ComponentSpec:
 
     def io_dict(self) -> dict:
         return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+
+
+def check_chain(whole: ComponentSpec, chunks: list[ComponentSpec]) -> None:
+    """Chunks run in order must each read only the component's inputs and earlier chunks' outputs, and
+    together write the component's outputs; else a ``BundleError`` (the chunk list is broken)."""
+    known = set(whole.input_names)
+    for s in chunks:
+        missing = [n for n in s.input_names if n not in known]
+        if missing:
+            raise BundleError(f"{s.name} takes {missing}, which neither the component's inputs nor an earlier "
+                              f"chunk provide: the manifest's chunk list is broken")
+        known.update(s.output_names)
+    absent = [n for n in whole.output_names if n not in known]
+    if absent:
+        raise BundleError(f"no chunk of {whole.name} writes its output(s) {absent}")
 
 
 @dataclass(frozen=True)

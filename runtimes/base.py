@@ -2,7 +2,8 @@
 
 A backend reads artifacts of one or more targets (``formats``) and says whether it can run here
 (``unavailable_reason``). Sessions check their inputs against the component's spec before calling the
-backend's library, so a wrong shape is a clear error, not a traceback from deep inside a runtime.
+backend's library, so a wrong shape is a clear error, not a traceback from deep inside a runtime; a runtime's
+own failure and an output whose shape disagrees with the manifest are one-line ``BundleError``s.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailable, InvalidInput
+from ..errors import BackendUnavailable, BundleError, FlashError, InvalidInput, first_line
 from ..spec import ComponentSpec
 
 if TYPE_CHECKING:
@@ -38,8 +39,24 @@ class Session(ABC):
             if a.shape != tuple(t.shape):
                 raise InvalidInput(f"{self.spec.name} input {t.name} has shape {a.shape}, expected {tuple(t.shape)}")
             arrays.append(a)
-        outputs = self._run(arrays)
-        return {t.name: np.asarray(o, dtype=np.float32) for t, o in zip(self.spec.outputs, outputs)}
+        try:
+            outputs = self._run(arrays)
+        except FlashError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a runtime's own failure on an artifact the checks let through
+            raise BundleError(f"{self.spec.name} failed to run ({type(e).__name__}: {first_line(e)}): the "
+                              f"artifact does not match its manifest or is broken") from None
+        if len(outputs) != len(self.spec.outputs):
+            raise BundleError(f"{self.spec.name} returned {len(outputs)} outputs, the manifest says "
+                              f"{len(self.spec.outputs)}")
+        result = {}
+        for t, o in zip(self.spec.outputs, outputs):
+            o = np.asarray(o, dtype=np.float32)
+            if o.shape != tuple(t.shape):
+                raise BundleError(f"{self.spec.name} returned {t.name} of shape {o.shape}, the manifest says "
+                                  f"{tuple(t.shape)}")
+            result[t.name] = o
+        return result
 
     @abstractmethod
     def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -8,8 +8,7 @@ reading what the component's inputs and the earlier chunks provided (the carried
 
 from __future__ import annotations
 
-from ..errors import BundleError
-from ..spec import ComponentSpec, TensorSpec
+from ..spec import ComponentSpec, TensorSpec, check_chain
 from .base import Session
 
 
@@ -19,17 +18,7 @@ def chunk_specs(entry, component: str) -> list[ComponentSpec]:
     specs = [ComponentSpec(f"{component}.chunk{i}", tuple(TensorSpec.from_dict(t) for t in c["inputs"]),
                            tuple(TensorSpec.from_dict(t) for t in c["outputs"])) for i, c in enumerate(chunks)]
     if specs:
-        whole = entry.spec(component)
-        known = set(whole.input_names)
-        for s in specs:
-            missing = [n for n in s.input_names if n not in known]
-            if missing:
-                raise BundleError(f"{s.name} takes {missing}, which neither the component's inputs nor an earlier "
-                                  f"chunk provide: the manifest's chunk list is broken")
-            known.update(s.output_names)
-        absent = [n for n in whole.output_names if n not in known]
-        if absent:
-            raise BundleError(f"no chunk of {component} writes its output(s) {absent}")
+        check_chain(entry.spec(component), specs)
     return specs
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import BackendUnavailable, BundleError
+from ..errors import BackendUnavailable, BundleError, first_line
 from .base import Backend, Session
 from .chunked import open_chained
 
@@ -71,7 +71,7 @@ def _session(runtime, root: Path, spec, path: str, data: str | None, method: str
     try:
         program = runtime.load_program(pte, data_path=root / data if data else None)
         loaded = program.load_method(method)
-    except (RuntimeError, ValueError) as e:
-        raise BundleError(f"executorch cannot load {pte}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    except Exception as e:  # noqa: BLE001 - the runtime's load errors share no base class
+        raise BundleError(f"executorch cannot load {pte}: {first_line(e)}"
                           + (" (is its .ptd weight file the one exported with it?)" if data else "")) from None
     return ExecuTorchSession(spec, program, loaded)

@@ -114,6 +114,12 @@ class OnnxSession(Session):
         if sorted(model_inputs) != sorted(self.input_names) or sorted(model_outputs) != sorted(self.output_names):
             raise BundleError(f"ONNX model of {spec.name} has inputs {model_inputs} and outputs {model_outputs}; "
                               f"the manifest says {self.input_names} -> {self.output_names}")
+        declared = {i.name: i.shape for i in (*session.get_inputs(), *session.get_outputs())}
+        for t in (*spec.inputs, *spec.outputs):
+            shape = declared[t.name]
+            if len(shape) != len(t.shape) or any(isinstance(d, int) and d != e for d, e in zip(shape, t.shape)):
+                raise BundleError(f"ONNX model of {spec.name} declares {t.name} as {shape}; the manifest says "
+                                  f"{list(t.shape)}")
         self.io_binding = io_binding
         self.providers = session.get_providers()
 

@@ -5,8 +5,10 @@ transformers classes) and, in memory, the reference pipeline. The reference ever
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from ..errors import BundleError
+from ..spec import TORCH_CLASSES
 from .base import Backend, Session
 
 
@@ -33,21 +35,19 @@ class TorchBackend(Backend):
         return f"needs {', '.join(missing)}: pip install 'flash-edge[torch]'" if missing else None
 
     def open(self, root, component, entry):
-        import importlib
-
         import torch
 
         from ..components import wrap
+        from ..models.loading import from_pretrained
 
-        lib, cls_name = entry.options["class"].split(".")
-        cls = getattr(importlib.import_module(lib), cls_name)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[entry.precision]
-        kwargs = {"torch_dtype": dtype} if lib == "diffusers" else {"dtype": dtype}
-        try:
-            module = cls.from_pretrained(str(root / entry.path), use_safetensors=True, local_files_only=True,
-                                         **kwargs)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise BundleError(f"cannot load {root / entry.path} as {cls_name}: {str(e).splitlines()[0]}") from None
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if entry.precision not in dtypes:
+            raise BundleError(f"{component}: torch artifacts are {', '.join(dtypes)}, not {entry.precision[:40]!r}")
+        if entry.options.get("class") != TORCH_CLASSES.get(component):  # Bundle.open checked it; other callers
+            raise BundleError(f"{component}: a torch artifact loads into {TORCH_CLASSES.get(component)}, not "
+                              f"{str(entry.options.get('class'))[:80]!r}")
+        module = from_pretrained(TORCH_CLASSES[component], Path(root) / entry.path, dtypes[entry.precision],
+                                 BundleError)
         threads = self.options.get("threads")
         if threads:
             torch.set_num_threads(int(threads))

@@ -21,17 +21,16 @@ from .measure import time_runs
 
 
 def reference_source(bundle: Bundle, override: str | None = None) -> str:
-    """The model a bundle was exported from: ``override``, ``"tiny"``, or the manifest's source folder."""
+    """The model a bundle was exported from: ``override``, or ``"tiny"`` (built in) when the manifest names it.
+    The manifest's ``model.source`` is never followed: a bundle does not choose what this process reads."""
     if override:
         return override
     model = bundle.manifest.get("model", {})
     if model.get("name") == "tiny":
         return "tiny"  # rebuilt deterministically into the cache when missing
-    source = model.get("source")
-    if not source or not Path(source).is_dir():
-        raise ModelLoadError(f"the model bundle {bundle.path} was exported from ({source or 'unknown'}) is not here; "
-                             f"pass --model with its folder to measure quality and the PyTorch baseline")
-    return source
+    raise ModelLoadError(f"bundle {bundle.path} was exported from {str(model.get('source') or 'an unknown model')[:200]}"
+                         f"; pass --model with that folder to measure quality and the PyTorch baseline (a path "
+                         f"a bundle names is never opened)")
 
 
 def reference_key(bundle: Bundle, source: str) -> str:

@@ -22,7 +22,8 @@ def parser():
                    "scheduler (default: the checkpoint's own folder)")
     p.add_argument("--out", required=True, help="bundle directory to write (must not exist, unless --force)")
     p.add_argument("--precision", help="per target: torch fp32|bf16|fp16 (more with each target)")
-    p.add_argument("--steps", type=positive_int, default=4, help="sampler steps baked into the bundle (1-8, default 4)")
+    p.add_argument("--steps", type=positive_int, help="sampler steps baked into the bundle (1-8; default 4, or as many "
+                   "as --sigmas make)")
     p.add_argument("--sigmas", type=float, nargs="+", help="explicit sigmas (the student's schedule) instead of "
                    "the model scheduler's shift; a final 0 is appended")
     p.add_argument("--rule", choices=("euler", "renoise"), default="euler", help="sampler step rule")
@@ -90,10 +91,6 @@ def main(argv=None) -> int:
         quiet_libraries()
         from ..export import export_bundle
 
-        if args.sigmas and args.steps != 4 and len(args.sigmas) not in (args.steps, args.steps + 1):
-            from ..errors import InvalidInput
-
-            raise InvalidInput(f"--steps {args.steps} disagrees with the {len(args.sigmas)} --sigmas given")
         export_bundle(args.model, args.target, args.out, args.precision, config=args.config,
                       height=args.height, width=args.width,
                       steps=args.steps, rule=args.rule, sigmas=args.sigmas, t5=args.t5, t5_tokens=args.t5_tokens,

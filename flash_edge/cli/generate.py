@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from .common import Progress, make_parser, positive_int, quiet_libraries, run
 
@@ -20,7 +19,7 @@ def parser():
     p.add_argument("--config", help="with a single-file --model: its diffusers config folder (default: its own folder)")
     p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=positive_int, default=0, help="noise seed (default 0)")
+    p.add_argument("--seed", type=positive_int, default=0, help="noise seed, 0 to 2**64-1 (default 0)")
     p.add_argument("--backend", default="auto", help="auto|torch|onnx|coreml|executorch (default auto)")
     p.add_argument("--steps", type=positive_int, help="with --model: sampler steps (1-8, default 4)")
     p.add_argument("--height", type=positive_int, help="with --model: image height")
@@ -37,20 +36,19 @@ def main(argv=None) -> int:
     def body():
         from ..errors import InvalidInput
 
+        from ..image import check_png_path, save_png
+        from ..sampler import check_seed
+        from ..tokenization import check_prompt
+
         say = Progress(not args.quiet)
-        out = Path(args.out)
-        if out.suffix.lower() != ".png":
-            raise InvalidInput(f"--out must name a .png file, got {out}")
-        if out.exists() and not args.force:
-            raise InvalidInput(f"{out} already exists; pass --force to replace it")
-        if not args.prompt.strip():
-            raise InvalidInput("prompt is empty: describe the image to generate")
+        out = check_png_path(args.out, args.force)
+        check_prompt(args.prompt)
+        check_seed(args.seed)
         if args.bundle and any(v is not None for v in (args.steps, args.height, args.width)):
             raise InvalidInput("--steps/--height/--width are fixed in a bundle; export another bundle to change them")
         if args.bundle and args.config:
             raise InvalidInput("--config applies to a single-file --model, not to --bundle")
         quiet_libraries()
-        from ..image import save_png
         from ..pipeline import FlashPipeline
 
         if args.bundle:

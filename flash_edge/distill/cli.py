@@ -147,12 +147,12 @@ def train(a) -> int:
     tdir = out / "teacher"
     state_file = tdir / "train_state.pt"
     done = (tdir / "family.json").exists() and (
-        not state_file.exists() or torch.load(state_file, weights_only=False)["step"] >= a.teacher_steps)
+        not state_file.exists() or load_state(state_file)["step"] >= a.teacher_steps)
     if "teacher" in stages and not done:
         resume = None
         if state_file.exists():
             family = Family.load(tdir).to(ctx.device)
-            resume = torch.load(state_file, weights_only=False)
+            resume = load_state(state_file)
 
         def checkpoint(state):
             run.save(family, "teacher")
@@ -184,7 +184,7 @@ def train(a) -> int:
         run.barrier()
     if not pfile.exists():
         return 0
-    pairs = torch.load(pfile, weights_only=False)
+    pairs = load_state(pfile)
     points, pprompts = pairs["points"].to(ctx.device), pairs["prompts"]
 
     def student_from(name):
@@ -254,7 +254,7 @@ def evaluate_cmd(a) -> int:
 def ship_cmd(a) -> int:
     """Student folder -> the built-in model: weights stored fp16 (half the bytes; the SDK loads them as fp32,
     so the fp16-rounded weights *are* the model every parity number refers to), plus TRAINING.md."""
-    from ..bundle import atomic_directory
+    from ..atomic import atomic_directory
     from .models import Family
 
     src = a.run / a.student
@@ -264,13 +264,35 @@ def ship_cmd(a) -> int:
     family = Family.load(src)
     for m in (family.transformer, family.vae, family.text_encoder, family.text_encoder_2):
         m.half()
-    with atomic_directory(a.to, force=True) as tmp:
+    with atomic_directory(a.to, force=True, replaceable=is_model_folder) as tmp:
         family.save(tmp)
         (tmp / "TRAINING.md").write_text(
             f"# The built-in model `tiny`\n\nShipped from `{a.student}` of a `python -m flash_edge.distill train` "
             f"run with `python -m flash_edge.distill ship --run RUN --student {a.student}`.\n\n{a.note}\n")
     print(f"wrote {a.to}")
     return 0
+
+
+def load_state(path):
+    """A run folder's training state or ODE pairs (``torch.save`` of tensors, numbers, strings and state dicts),
+    read with ``weights_only=True``: torch's restricted unpickler builds those and nothing else, so a planted
+    file cannot run code. Anything it refuses is a ``FlashError`` naming the file."""
+    import pickle
+
+    import torch
+
+    from ..errors import FlashError, first_line
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        raise FlashError(f"{path} is not a training state this run wrote (torch.load with weights_only refused "
+                         f"it: {first_line(e)}); delete it to start that stage again") from None
+
+
+def is_model_folder(path) -> bool:
+    """a diffusers model folder: it holds model_index.json."""
+    return (path / "model_index.json").is_file()
 
 
 def _quiet() -> None:
@@ -284,6 +306,8 @@ def _quiet() -> None:
 
 
 def main(argv=None) -> int:
+    from ..cli.common import run
+
     a = _parser().parse_args(argv)
     _quiet()
-    return {"train": train, "ship": ship_cmd, "eval": evaluate_cmd}[a.command](a)
+    return run("python -m flash_edge.distill", lambda: {"train": train, "ship": ship_cmd, "eval": evaluate_cmd}[a.command](a))

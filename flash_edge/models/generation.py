@@ -32,15 +32,21 @@ def check_size(model: SD3Model, height: int, width: int) -> None:
                                f"({tcfg.pos_embed_max_size} patches = {limit} px)")
 
 
-def sampler_from_model(model: SD3Model, steps: int, rule: str = "euler", sigmas=None,
+def sampler_from_model(model: SD3Model, steps: int | None = None, rule: str = "euler", sigmas=None,
                        guidance_scale: float = 1.0) -> SamplerConfig:
+    """The sampler: explicit ``sigmas`` (a final 0 appended when missing; ``steps``, if given, must agree),
+    else ``steps`` (default 4) from the model scheduler's shift."""
     cfg = model.scheduler_config
     if sigmas is not None:
         sigmas = [float(s) for s in sigmas]
         if sigmas and sigmas[-1] != 0.0:
             sigmas.append(0.0)
+        if steps is not None and steps != len(sigmas) - 1:
+            raise InvalidInput(f"steps {steps} disagrees with the sigmas given, which make {len(sigmas) - 1} "
+                               f"step(s) ({sigmas}); give one or the other")
         return SamplerConfig(sigmas=tuple(sigmas), rule=rule, guidance_scale=guidance_scale,
                              timestep_scale=float(cfg.get("num_train_timesteps", 1000)))
+    steps = DEFAULT_STEPS if steps is None else steps
     check_steps(steps)
     unsupported = [k for k in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas",
                                "use_beta_sigmas", "invert_sigmas") if cfg.get(k)] + (
@@ -53,7 +59,7 @@ def sampler_from_model(model: SD3Model, steps: int, rule: str = "euler", sigmas=
     return SamplerConfig.from_shift(steps, float(cfg.get("shift", 1.0)), rule=rule, guidance_scale=guidance_scale)
 
 
-def generation_spec(model: SD3Model, height: int | None = None, width: int | None = None, steps: int = DEFAULT_STEPS,
+def generation_spec(model: SD3Model, height: int | None = None, width: int | None = None, steps: int | None = None,
                     rule: str = "euler", sigmas=None, t5_tokens: int | None = None,
                     guidance_scale: float = 1.0) -> GenerationSpec:
     tcfg, vcfg = model.transformer.config, model.vae.config

@@ -11,16 +11,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ..configs import check_config
+from ..errors import ModelLoadError, first_line
+from ..spec import TORCH_CLASSES
 
 REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-MODEL_PARTS = {  # sub-folder -> (library, class) real SD3 checkpoints load into
-    "transformer": ("diffusers", "SD3Transformer2DModel"),
-    "vae": ("diffusers", "AutoencoderKL"),
-    "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
-    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
-    "text_encoder_3": ("transformers", "T5EncoderModel"),
-}
+# sub-folder -> the class real SD3 checkpoints load into (spec.TORCH_CLASSES; the VAE folder feeds vae_decoder)
+MODEL_PARTS = {part: TORCH_CLASSES["vae_decoder" if part == "vae" else part]
+               for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
+# tokenizer_config.json's tokenizer_class -> the class that reads it (default per component: CLIP, T5)
+TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # Optional file beside model_index.json: how the model was trained to be run, where diffusers' files cannot say
 # it. Only "t5_tokens" is read: 0 for a model trained without the T5 slot (flash-edge's distilled students),
@@ -44,10 +44,21 @@ class SD3Model:
     defaults: dict = field(default_factory=dict)  # from the folder's DEFAULTS_FILE (see read_defaults)
 
     def tokenizer(self, component: str):
-        """The transformers tokenizer diffusers would use for ``component``."""
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(self.tokenizer_dirs[component]))
+        """The transformers tokenizer diffusers would use for ``component``: the class its
+        tokenizer_config.json names, from ``TOKENIZER_CLASSES`` only (never transformers' Auto classes)."""
+        folder = self.tokenizer_dirs[component]
+        config = check_config(folder / "tokenizer_config.json", ModelLoadError) \
+            if (folder / "tokenizer_config.json").is_file() else {}
+        default = "T5TokenizerFast" if component == "text_encoder_3" else "CLIPTokenizer"
+        name = config.get("tokenizer_class") or default
+        if name not in TOKENIZER_CLASSES:
+            raise ModelLoadError(f"{folder}/tokenizer_config.json names tokenizer_class {str(name)[:80]!r}; "
+                                 f"flash-edge reads {', '.join(TOKENIZER_CLASSES)}")
+        cls = tokenizer_classes()[name]
+        try:
+            return cls.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelLoadError(f"cannot read tokenizer {folder} as {name}: {first_line(e)}") from None
 
     def modules(self) -> dict[str, object]:
         mods = {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
@@ -123,24 +134,49 @@ def check_folder(path: Path, t5: bool) -> dict:
     for part in MODEL_PARTS:
         if part in needed:
             _read_json(path / part / "config.json", f"model folder {path} is incomplete")
+            check_config(path / part / "config.json", ModelLoadError)
             check_weights(path / part)
+    for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        if tok in needed and (path / tok / "tokenizer_config.json").is_file():
+            check_config(path / tok / "tokenizer_config.json", ModelLoadError)
     return index
 
 
 def load_part(path: Path, part: str, dtype):
     """``path/part`` (a diffusers/transformers folder) as ``MODEL_PARTS[part]``, weights memory-mapped from
     safetensors where the dtype allows (``low_cpu_mem_usage``), in eval mode without gradients."""
-    import importlib
+    return from_pretrained(MODEL_PARTS[part], path / part, dtype, ModelLoadError)
 
-    lib, cls_name = MODEL_PARTS[part]
-    cls = getattr(importlib.import_module(lib), cls_name)
-    kwargs = {"torch_dtype": dtype} if lib == "diffusers" else {"dtype": dtype}
+
+def part_classes() -> dict[str, type]:
+    """The classes named in ``spec.TORCH_CLASSES``, imported by name in code (never by a name read from a file)."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    classes = (SD3Transformer2DModel, AutoencoderKL, CLIPTextModelWithProjection, T5EncoderModel)
+    return {f"{c.__module__.split('.')[0]}.{c.__name__}": c for c in classes}
+
+
+def tokenizer_classes() -> dict[str, type]:
+    import transformers
+
+    return {name: getattr(transformers, name) for name in TOKENIZER_CLASSES}
+
+
+def from_pretrained(class_name: str, folder: Path, dtype, error=ModelLoadError):
+    """``folder`` (a diffusers/transformers folder, its config checked by ``configs.check_config``) loaded as
+    ``class_name`` (a ``TORCH_CLASSES`` value): safetensors only, local files only, no remote code, weights
+    memory-mapped where the dtype allows (``low_cpu_mem_usage``), in eval mode without gradients. Any failure
+    is one line of ``error``."""
+    check_config(folder / "config.json", error)
+    cls = part_classes()[class_name]
+    lib = class_name.split(".")[0]
+    kwargs = {"torch_dtype": dtype} if lib == "diffusers" else {"dtype": dtype, "trust_remote_code": False}
     try:
-        module = cls.from_pretrained(str(path / part), use_safetensors=True, low_cpu_mem_usage=True,
+        module = cls.from_pretrained(str(folder), use_safetensors=True, low_cpu_mem_usage=True,
                                      local_files_only=True, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load {path / part} as {cls_name}: {first}") from None
+    except Exception as e:  # noqa: BLE001 - OSError, SafetensorError, RuntimeError...: the folder is broken
+        raise error(f"cannot load {folder} as {cls.__name__}: {first_line(e)}") from None
     return module.eval().requires_grad_(False)
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ..configs import check_config as check_model_config
+from ..errors import ModelLoadError, first_line
 
 TRANSFORMER, VAE = "model.diffusion_model.", "first_stage_model."
 TEXT = {"text_encoder": "text_encoders.clip_l.", "text_encoder_2": "text_encoders.clip_g.",
@@ -134,6 +135,8 @@ def check_config(config: Path, t5: bool) -> dict:
     if missing:
         hint = " (pass --no-t5 to run without T5)" if any("_3" in m for m in missing) else ""
         raise ModelLoadError(f"{what} is incomplete: missing {', '.join(missing)}{hint}")
+    for p in parts:
+        check_model_config(config / p / "config.json", ModelLoadError)
     return _read_json(config / "scheduler" / "scheduler_config.json", what)
 
 
@@ -150,11 +153,6 @@ def check_against_config(model, converted: dict, what: str, config_file: Path, i
     if problems:
         raise ModelLoadError(f"{what} does not match {config_file}{summary}: " + "; ".join(problems)
                              + " (the config folder must be of the checkpoint's architecture)")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _materialized(module, what: str):
@@ -185,7 +183,7 @@ def load_transformer(ckpt: Checkpoint, keys, config: Path, dtype):
         module = SD3Transformer2DModel.from_single_file(ckpt.load(keys), config=str(config), subfolder="transformer",
                                                         local_files_only=True, torch_dtype=dtype)
     except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise ModelLoadError(f"cannot load the transformer of {ckpt.path}: {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot load the transformer of {ckpt.path}: {first_line(e)}") from None
     return _materialized(module, f"the transformer of {ckpt.path}")
 
 
@@ -203,7 +201,7 @@ def load_vae(ckpt: Checkpoint, keys, config: Path, dtype):
         module = AutoencoderKL.from_single_file(ckpt.load(keys), config=str(config), subfolder="vae",
                                                 local_files_only=True, torch_dtype=dtype)
     except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise ModelLoadError(f"cannot load the VAE of {ckpt.path}: {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot load the VAE of {ckpt.path}: {first_line(e)}") from None
     return _materialized(module, f"the VAE of {ckpt.path}")
 
 
@@ -242,7 +240,7 @@ def load_text_encoder(component: str, ckpt: Checkpoint, keys, rename, config: Pa
             module = sfu.create_diffusers_clip_model_from_ldm(cls, weights, config=str(config), subfolder=component,
                                                               torch_dtype=dtype, local_files_only=True)
     except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise ModelLoadError(f"cannot load {TEXT_NAMES[component]} from {ckpt.path}: {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot load {TEXT_NAMES[component]} from {ckpt.path}: {first_line(e)}") from None
     return _materialized(module.to(dtype or torch.float32), f"{TEXT_NAMES[component]} from {ckpt.path}")
 
 
