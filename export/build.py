@@ -38,6 +38,7 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     diffusers config folder is ``config``) to a ``target`` bundle at ``out``."""
     from ..components import build_wrappers
     from ..models import load_model
+    from ..models.loading import source_paths
     from ..models.generation import generation_spec
     from ..pipeline import FlashPipeline
     from . import get_exporter
@@ -45,10 +46,10 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     say = progress or (lambda msg: None)
     exporter = get_exporter(target, precision, **target_options)  # bad target/precision fail before any work
     out = check_output_path(out, force)
+    ensure_apart(out, source_paths(source, config))
     with atomic_directory(out, force) as tmp:  # holds --out's lock from here: a second writer fails at once
         say(f"loading model {source}")
         model = load_model(source, t5=t5, config=config)
-        ensure_apart(out, {model.path, *(d.parent for d in model.tokenizer_dirs.values())})
         spec = generation_spec(model, height, width, steps=steps, rule=rule, sigmas=sigmas,
                                t5_tokens=t5_tokens)
         specs = spec.component_specs()

@@ -132,10 +132,10 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
-def clean_leftovers(parent: Path, own: str) -> list[Path]:
-    """Remove the marked work folders in ``parent`` whose writer is gone (for ``own``, the destination whose
-    lock the caller holds, every one of them), first moving back an old bundle a killed swap left aside.
-    Returns what was removed."""
+def clean_leftovers(parent: Path, own: str | None) -> list[Path]:
+    """Remove the marked work folders (and lock files) in ``parent`` whose writer is gone (for ``own``, the
+    destination whose lock the caller holds, every one of them), first moving back an old bundle a killed swap
+    left aside. Returns what was removed."""
     removed = []
     for work in sorted(parent.glob(".*.partial")):
         try:
@@ -145,18 +145,36 @@ def clean_leftovers(parent: Path, own: str) -> list[Path]:
             continue  # not provably ours: left alone
         if not isinstance(name, str) or "/" in name or not work.name.startswith(f".{name}."):
             continue
-        with contextlib.ExitStack() as stack:
-            if name != own:
-                try:
-                    stack.enter_context(write_lock(parent / name))
-                except InvalidInput:
-                    continue  # its writer is still running
-            dest, aside = parent / name, work / "old"
-            if aside.is_dir() and not os.path.lexists(dest):
-                os.rename(aside, dest)
-            shutil.rmtree(work, ignore_errors=True)
-            removed.append(work)
+        with _unless_locked(parent / name, own) as free:
+            if free:
+                dest, aside = parent / name, work / "old"
+                if aside.is_dir() and not os.path.lexists(dest):
+                    os.rename(aside, dest)
+                shutil.rmtree(work, ignore_errors=True)
+                removed.append(work)
+    for lock in sorted(parent.glob(".*.lock")):  # a killed writer's: taking and dropping it removes it
+        with _unless_locked(parent / lock.name[1:-len(".lock")], own) as free:
+            if free and not lock.exists():
+                removed.append(lock)
     return removed
+
+
+@contextlib.contextmanager
+def _unless_locked(dest: Path, own: str | None) -> Iterator[bool]:
+    """True inside if no other process writes ``dest`` (its lock is taken meanwhile; ``own`` is held already)."""
+    if dest.name == own:
+        yield True
+        return
+    try:
+        lock = write_lock(dest)
+        lock.__enter__()
+    except InvalidInput:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.__exit__(None, None, None)
 
 
 @contextlib.contextmanager

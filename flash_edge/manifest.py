@@ -46,6 +46,13 @@ def obj(value, key: str) -> dict:
     return value
 
 
+def only(d: dict, key: str, allowed) -> dict:
+    unknown = sorted(map(str, set(d) - set(allowed)))
+    if unknown:
+        raise fail(key, f"has unknown keys {unknown[:5]} (it takes {', '.join(allowed)})")
+    return d
+
+
 def field(d: dict, name: str, key: str):
     if name not in d:
         raise fail(f"{key}.{name}" if key else name, "is missing")
@@ -93,10 +100,11 @@ def limited(d: dict, section: str, name: str, where: str | None = None) -> int:
 
 # --------------------------------------------------------------------------------------------- generation
 def check_generation(g) -> GenerationSpec:
-    g = obj(g, "generation")
-    image = obj(field(g, "image", "generation"), "generation.image")
+    g = only(obj(g, "generation"), "generation", ("image", "latent", "sampler", "text", "tokenizers"))
+    image = only(obj(field(g, "image", "generation"), "generation.image"), "generation.image", ("height", "width"))
     height, width = (limited(image, "image", s, "generation.image") for s in ("height", "width"))
-    lat = obj(field(g, "latent", "generation"), "generation.latent")
+    lat = only(obj(field(g, "latent", "generation"), "generation.latent"), "generation.latent",
+               ("channels", "height", "width", "scaling_factor", "shift_factor", "vae_scale_factor", "patch_size"))
     for name in ("channels", "vae_scale_factor", "patch_size"):
         limited(lat, "latent", name, "generation.latent")
     factor, patch = lat["vae_scale_factor"], lat["patch_size"]
@@ -124,6 +132,7 @@ def check_generation(g) -> GenerationSpec:
 
 def _check_sampler(s: dict) -> None:
     key = "generation.sampler"
+    only(s, key, ("sigmas", "rule", "timestep_scale", "shift", "guidance_scale", "noise", "steps", "timesteps"))
     sigmas = array(field(s, "sigmas", key), f"{key}.sigmas", 2, MAX_STEPS + 1)
     for i, v in enumerate(sigmas):
         number(v, f"{key}.sigmas[{i}]", 0.0, 1.0)
@@ -147,6 +156,8 @@ def _check_sampler(s: dict) -> None:
 
 def _check_text(t: dict) -> dict:
     key = "generation.text"
+    only(t, key, ("clip_tokens", "t5_tokens", "joint_attention_dim", "clip_hidden_dims", "pooled_dims", "t5",
+                  "sequence_length", "pooled_dim"))
     for name in ("clip_tokens", "t5_tokens", "joint_attention_dim"):
         limited(t, "text", name, key)
     for name in ("clip_hidden_dims", "pooled_dims"):
@@ -174,9 +185,7 @@ def _check_tokenizers(toks: dict, text: dict) -> None:
             raise fail(f"{key}.max_length", f"({length}) must equal the text layout's token count ({expected})")
         vocab = limited(tok, "tokenizers", "vocab_size", key)
         integer(field(tok, "pad_id", key), f"{key}.pad_id", 0, vocab - 1)
-        unknown = sorted(set(tok) - {"path", "max_length", "pad_id", "vocab_size"})
-        if unknown:
-            raise fail(key, f"has unknown keys {unknown}")
+        only(tok, key, ("path", "max_length", "pad_id", "vocab_size"))
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -261,10 +270,7 @@ def _check_program(p: dict, key: str, files: dict, owned: list[str]) -> None:
 def check_component(name: str, entry, spec: GenerationSpec, files: dict) -> None:
     key = f"components.{name}"
     entry = obj(entry, key)
-    allowed = {"target", "precision", "path", "files", "inputs", "outputs", "options"}
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise fail(key, f"has unknown keys {unknown}")
+    only(entry, key, ("target", "precision", "path", "files", "inputs", "outputs", "options"))
     target = string(field(entry, "target", key), f"{key}.target", TARGETS)
     string(field(entry, "precision", key), f"{key}.precision")
     owned = _file_list(field(entry, "files", key), f"{key}.files", files)

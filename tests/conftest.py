@@ -93,3 +93,10 @@ def truncated_artifact_is_refused(tmp_path):
         return broken
 
     return check
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32_bundle(tmp_path_factory, tiny_dir) -> Path:
+    from flash_edge.export import export_bundle
+
+    return export_bundle("tiny", "onnx", tmp_path_factory.mktemp("bundles") / "onnx-fp32", "fp32")

@@ -180,6 +180,21 @@ def from_pretrained(class_name: str, folder: Path, dtype, error=ModelLoadError):
     return module.eval().requires_grad_(False)
 
 
+def source_paths(source: str | Path = "tiny", config=None) -> list[Path]:
+    """What loading ``source`` reads (the built-in model's folder and cache, a model folder, a single file and
+    its config folder), for refusing an export destination among them before anything is written."""
+    from .single_file import is_single_file
+
+    if str(source) == "tiny":
+        from .tiny import SHIPPED, cache_root
+
+        return [SHIPPED, cache_root()]
+    path = Path(source).expanduser()
+    if is_single_file(source):
+        return [path, Path(config).expanduser() if config is not None else path.parent]
+    return [path]
+
+
 def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None, config=None) -> SD3Model:
     """Load ``source``: ``"tiny"`` (the built-in model), the path of an SD3-family diffusers folder, or an SD3
     single-file ``.safetensors`` checkpoint (``config``: its diffusers config folder; see ``single_file``).
