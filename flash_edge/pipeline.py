@@ -17,6 +17,7 @@ from .bundle import Bundle
 from .conditioning import build_conditioning
 from .errors import GenerationError, InvalidInput
 from .image import to_pil
+from .memory import Components, check_policy
 from .sampler import check_seed, sample
 from .spec import GenerationSpec
 from .tokenization import PromptTokenizer, check_prompt
@@ -25,11 +26,15 @@ StepCallback = Callable[[int, int], None]
 
 
 class FlashPipeline:
-    def __init__(self, spec: GenerationSpec, sessions: dict, tokenizers: dict[str, PromptTokenizer],
+    def __init__(self, spec: GenerationSpec, sessions: dict | Components, tokenizers: dict[str, PromptTokenizer],
                  info: dict | None = None):
+        """``sessions``: name -> ``Session`` (kept open), or a ``Components`` that opens and releases them under
+        a memory policy (``memory.py``)."""
         missing = [c for c in spec.components if c not in sessions]
         if missing:
             raise InvalidInput(f"no session for component(s) {missing}")
+        if not isinstance(sessions, Components):
+            sessions = Components.resident(sessions)
         self.spec, self.sessions, self.tokenizers = spec, sessions, tokenizers
         self.info = dict(info or {})
         self.timings: dict[str, float] = {}
@@ -37,23 +42,28 @@ class FlashPipeline:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", backends: dict[str, str] | None = None,
-                    verify: bool = True, **options) -> "FlashPipeline":
+                    verify: bool = True, memory: str = "fast", **options) -> "FlashPipeline":
         """Load a bundle. ``backend`` applies to every component unless ``backends`` names one for it;
-        ``options`` go to the backends (e.g. ``threads``, ``providers``)."""
+        ``memory``: ``fast`` (every component opened now and kept), ``balanced`` or ``low`` (see
+        ``flash_edge.memory``); ``options`` go to the backends (e.g. ``threads``, ``providers``)."""
         from .runtimes import choose_backend
 
+        check_policy(memory)
         bundle = Bundle.open(path, verify=verify)
         spec, entries = bundle.spec, bundle.components
-        sessions, chosen = {}, {}
+        options = {**options, "low_memory": True} if memory == "low" else options
+        openers, chosen = {}, {}
         for name in spec.components:
             cls_ = choose_backend(entries[name].target, (backends or {}).get(name, backend))
-            sessions[name] = cls_(**options).load(bundle, name)
+            openers[name] = lambda cls_=cls_, name=name: cls_(**options).load(bundle, name)
             chosen[name] = cls_.name
+        sessions = Components(openers, memory)
         tokenizers = {c: PromptTokenizer.from_file(bundle.file(f"{t.path}/tokenizer.json"), t.max_length, t.pad_id,
                                                    t.vocab_size)
                       for c, t in spec.tokenizers.items()}
         model = bundle.manifest.get("model", {}).get("name", "?")
-        return cls(spec, sessions, tokenizers, info={"model": model, "bundle": str(path), "backends": chosen})
+        return cls(spec, sessions, tokenizers,
+                   info={"model": model, "bundle": str(path), "backends": chosen, "memory": memory})
 
     @classmethod
     def from_model(cls, source: str | Path = "tiny", *, t5: bool = False, config=None,
@@ -82,8 +92,15 @@ class FlashPipeline:
                    info={"model": model.name, "backends": {c: "torch" for c in spec.components}})
 
     # ----------------------------------------------------------------- stages
+    # Each stage releases, at its end, the sessions the memory policy releases (``Components.after_stage``).
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """prompt -> (encoder_hidden_states, pooled_projections)."""
+        try:
+            return self._encode(prompt)
+        finally:
+            self.sessions.after_stage(self.spec.text_encoders)
+
+    def _encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         outs = {c: self.sessions[c].run({"input_ids": self.tokenizers[c](prompt)}) for c in self.spec.text_encoders}
         clip_l = (outs["text_encoder"]["hidden_states"], outs["text_encoder"]["pooled"])
         clip_g = (outs["text_encoder_2"]["hidden_states"], outs["text_encoder_2"]["pooled"])
@@ -93,6 +110,12 @@ class FlashPipeline:
     def denoise(self, cond: tuple[np.ndarray, np.ndarray], seed: int,
                 uncond: tuple[np.ndarray, np.ndarray] | None = None, on_step: StepCallback | None = None,
                 latents: np.ndarray | None = None) -> np.ndarray:
+        try:
+            return self._denoise(cond, seed, uncond, on_step, latents)
+        finally:
+            self.sessions.after_stage(["transformer"])
+
+    def _denoise(self, cond, seed, uncond, on_step, latents) -> np.ndarray:
         transformer, g = self.sessions["transformer"], self.spec.sampler.guidance_scale
 
         def velocity(x, t):
@@ -108,7 +131,10 @@ class FlashPipeline:
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """latent -> (1, 3, H, W) float image in [0, 1]."""
-        image = self.sessions["vae_decoder"].run({"latent": latent})["image"]
+        try:
+            image = self.sessions["vae_decoder"].run({"latent": latent})["image"]
+        finally:
+            self.sessions.after_stage(["vae_decoder"])
         if not np.all(np.isfinite(image)):
             raise GenerationError("the VAE decoder returned non-finite values (NaN or inf): the model or its "
                                   "export is broken")
@@ -122,8 +148,11 @@ class FlashPipeline:
         check_prompt(negative_prompt, allow_empty=True)
         check_seed(seed)
         t0 = time.perf_counter()
-        cond = self.encode(prompt)
-        uncond = self.encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None
+        try:  # one encode stage for both prompts: a low-memory pipeline loads the encoders once
+            cond = self._encode(prompt)
+            uncond = self._encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None
+        finally:
+            self.sessions.after_stage(self.spec.text_encoders)
         t1 = time.perf_counter()
         latent = self.denoise(cond, seed, uncond, on_step=on_step, latents=latents)
         t2 = time.perf_counter()

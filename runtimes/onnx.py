@@ -12,6 +12,8 @@ Options (``FlashPipeline.from_bundle(path, backend="onnx", **options)``):
   bundle holds a portable, basic-optimized graph; the EP-specific fusions happen here, at load time.
 - ``io_binding``: bind inputs and outputs through an ``IOBinding`` (default: on when the first provider is
   not the CPU one, where it saves ONNX Runtime's per-run output allocation and host copies).
+- ``low_memory``: no CPU memory arena, no memory patterns, initializers outside the arena (set by the ``low``
+  memory policy, ``flash_edge.memory``).
 
 Other options (meant for other backends in a mixed pipeline) are ignored.
 """
@@ -61,11 +63,15 @@ def resolve_providers(requested=None) -> list[str]:
     return names
 
 
-def session_options(threads=None, graph_optimization_level="all"):
+def session_options(threads=None, graph_optimization_level="all", low_memory: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    if low_memory:  # no per-session arena that keeps freed blocks, no pre-planned activation pattern
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
+        so.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     if threads is not None:
         try:
             threads = int(threads)
@@ -151,7 +157,8 @@ class OnnxBackend(Backend):
     def open(self, root, component, entry):
         root = Path(root)
         providers = self.providers()
-        options = session_options(self.options.get("threads"), self.options.get("graph_optimization_level", "all"))
+        options = session_options(self.options.get("threads"), self.options.get("graph_optimization_level", "all"),
+                                  bool(self.options.get("low_memory")))
         io_binding = self.options.get("io_binding")
         if io_binding is None:
             io_binding = providers[0] != "CPUExecutionProvider"

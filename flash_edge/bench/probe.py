@@ -21,7 +21,7 @@ from ..errors import FlashError
 PROBE_PROMPT, PROBE_SEED = "a red circle above a blue square", 0
 
 
-def probe(bundle: str, backend: str = "auto") -> dict:
+def probe(bundle: str, backend: str = "auto", memory: str = "fast") -> dict:
     t_import = time.perf_counter()
     from ..pipeline import FlashPipeline
     from .measure import PeakRSS, current_rss, lifetime_peak_rss
@@ -29,7 +29,7 @@ def probe(bundle: str, backend: str = "auto") -> dict:
     import_s = time.perf_counter() - t_import
     start = current_rss()
     with PeakRSS() as load:
-        pipe = FlashPipeline.from_bundle(bundle, backend=backend, verify=False)
+        pipe = FlashPipeline.from_bundle(bundle, backend=backend, verify=False, memory=memory)
     spec = pipe.spec
     with PeakRSS() as enc:
         cond = pipe.encode(PROBE_PROMPT)
@@ -39,16 +39,17 @@ def probe(bundle: str, backend: str = "auto") -> dict:
     with PeakRSS() as dec:
         pipe.decode(latent)
     phases = {"load": load.record(), "encode": enc.record(), "denoise": den.record(), "decode": dec.record()}
-    return {"method": load.method, "pid": os.getpid(), "flash_edge_import_s": import_s, "rss_start": start,
+    return {"method": load.method, "pid": os.getpid(), "memory_policy": memory, "flash_edge_import_s": import_s, "rss_start": start,
             "backends": pipe.info.get("backends"), "phases": phases,
             "cold_load_s": load.seconds, "first_generation_s": enc.seconds + den.seconds + dec.seconds,
             "generation_peak_rss": max(p["peak_rss"] for k, p in phases.items() if k != "load"),
             "process_peak_rss": max(lifetime_peak_rss(), load.peak)}
 
 
-def run_probe(bundle: str, backend: str = "auto", timeout: float | None = None) -> dict:
+def run_probe(bundle: str, backend: str = "auto", timeout: float | None = None, memory: str = "fast") -> dict:
     """Run :func:`probe` in a child process; a failure comes back as ``{"error": "..."}`` (one line)."""
-    cmd = [sys.executable, "-m", "flash_edge.bench.probe", "--bundle", str(bundle), "--backend", backend]
+    cmd = [sys.executable, "-m", "flash_edge.bench.probe", "--bundle", str(bundle), "--backend", backend,
+           "--memory", memory]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
     except subprocess.TimeoutExpired:
@@ -65,10 +66,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m flash_edge.bench.probe", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True)
     p.add_argument("--backend", default="auto")
+    p.add_argument("--memory", default="fast", choices=("fast", "balanced", "low"))
     args = p.parse_args(argv)
     quiet_libraries()
     try:
-        result = probe(args.bundle, args.backend)
+        result = probe(args.bundle, args.backend, args.memory)
     except FlashError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,8 @@ class Options:
     model: str | None = None  # the source model of the bundles, when the manifest's path is not here
     teacher: str = "measure"  # or "estimate" (from component medians: real-scale runs)
     diffusers: bool = True
-    memory: bool = True
+    memory: bool = True  # the fresh-process memory probe
+    memory_policy: str = "fast"  # flash_edge.memory: what is resident when, in the benchmark and the probe
     prompts: tuple[str, ...] = quality.PROMPTS
     command: str = ""
     extra: dict = field(default_factory=dict)
@@ -137,7 +138,8 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
         say(f"bundle {label}")
         try:
             pipe, load = latency.time_call(
-                lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False))
+                lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False,
+                                                  memory=opts.memory_policy))
         except BackendUnavailable as e:  # e.g. Core ML off macOS: report what can be measured, and why not the rest
             say(f"  not run here: {e}")
             not_run.append({"label": label, "path": str(bundle.path), "target": bundle.manifest.get("target"),
@@ -148,7 +150,7 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
                "target": bundle.manifest.get("target"), "precision": bundle.manifest.get("precision"),
                "backends": pipe.info.get("backends"), "height": bundle.spec.height, "width": bundle.spec.width,
                "steps": bundle.spec.sampler.steps, "t5": bundle.spec.text.t5, "verify_s": verify_s,
-               "load_in_process": load}
+               "load_in_process": load, "memory_policy": opts.memory_policy}
         row["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher)
         say(f"  images for {len(opts.prompts)} prompts")
         images = quality.generate_all(pipe, opts.prompts)
@@ -162,7 +164,7 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
         row["ratios"] = _ratios(row["latency"], ref)
         if opts.memory:
             say("  cold load and peak memory in a fresh process")
-            row["memory"] = probe.run_probe(str(bundle.path), opts.backend)
+            row["memory"] = probe.run_probe(str(bundle.path), opts.backend, memory=opts.memory_policy)
         rows.append(row)
 
     from ..runtimes import REGISTRY, backend_class
@@ -174,6 +176,7 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine, "machine_label": measure.machine_label(machine), "gemm": gemm,
             "settings": {"repeats": opts.repeats, "warmup": 1, "backend": opts.backend, "teacher": opts.teacher,
+                         "memory_policy": opts.memory_policy,
                          "e2e_steps": list(latency.E2E_STEPS), "prompts": list(opts.prompts),
                          "teacher_steps": latency.TEACHER_STEPS, "teacher_guidance": latency.TEACHER_GUIDANCE,
                          "load_average_start": load_start,

@@ -31,7 +31,10 @@ def parser():
                    help="run the 40-step CFG teacher setting, or estimate it from component times (default measure)")
     p.add_argument("--no-diffusers", dest="diffusers", action="store_false",
                    help="skip the diffusers StableDiffusion3Pipeline baseline")
-    p.add_argument("--no-memory", dest="memory", action="store_false",
+    p.add_argument("--memory", dest="memory_policy", choices=("fast", "balanced", "low"), default="fast",
+                   help="memory policy the bundles run under, in the benchmark and in the memory probe (default fast; "
+                   "see flash_edge.memory)")
+    p.add_argument("--no-memory-probe", "--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process cold-load and peak-memory probe")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
         say = Progress(not args.quiet)
         opts = Options(bundles=args.bundle, repeats=args.repeats, height=args.height, width=args.width,
                        backend=args.backend, model=args.model, teacher=args.teacher, diffusers=args.diffusers,
-                       memory=args.memory, command=shlex.join([PROG, *argv]))
+                       memory=args.memory, memory_policy=args.memory_policy, command=shlex.join([PROG, *argv]))
         results = run_bench(opts, say)
         out.mkdir(parents=True, exist_ok=True)
         write_json(results, out / "results.json")

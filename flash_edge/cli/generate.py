@@ -24,6 +24,10 @@ def parser():
     p.add_argument("--steps", type=positive_int, help="with --model: sampler steps (1-8, default 4)")
     p.add_argument("--height", type=positive_int, help="with --model: image height")
     p.add_argument("--width", type=positive_int, help="with --model: image width")
+    p.add_argument("--memory", choices=("fast", "balanced", "low"), default="balanced",
+                   help="with --bundle: which components are resident when (default balanced: each opened at its "
+                   "stage, text encoders released after encoding; low: every component released after its stage, "
+                   "for phones; fast: all opened at load)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -53,7 +57,8 @@ def main(argv=None) -> int:
 
         if args.bundle:
             say(f"loading bundle {args.bundle}")
-            pipe = FlashPipeline.from_bundle(args.bundle, backend=args.backend, verify=not args.no_verify)
+            pipe = FlashPipeline.from_bundle(args.bundle, backend=args.backend, verify=not args.no_verify,
+                                             memory=args.memory)
         else:
             if args.backend not in ("auto", "torch"):
                 raise InvalidInput("--model runs the PyTorch reference; export a bundle to use another backend")

@@ -1,0 +1,87 @@
+"""Memory policies: which components are resident during which stage of a generation.
+
+A generation has three stages: encode (the text encoders), denoise (the transformer, every step) and decode
+(the VAE decoder). A component's weights are needed only in its stage.
+
+* ``fast``: every component is opened when the bundle is loaded and stays open; the lowest latency per image
+  and the highest peak (every component at once).
+* ``balanced``: components are opened at first use; the text encoders are released after each encoding, the
+  transformer and the decoder stay. For a stream of images on a laptop.
+* ``low``: each component is opened just before its stage and released right after it (what
+  apple/ml-stable-diffusion calls ``reduceMemory``), so at most one stage's weights are resident. Backends
+  are also opened with their low-memory settings (``low_memory=True``: ONNX Runtime without its memory arena
+  and memory patterns). For phones. Costs a load of every component per image.
+
+Every policy gives the same image: only when a session exists changes, never what it computes.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Mapping
+from typing import Iterator
+
+from .errors import InvalidInput
+from .spec import TEXT_ENCODERS
+
+POLICIES = ("fast", "balanced", "low")
+RELEASED_AFTER_STAGE = {"fast": frozenset(), "balanced": frozenset(TEXT_ENCODERS),
+                        "low": frozenset((*TEXT_ENCODERS, "transformer", "vae_decoder"))}
+
+
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise InvalidInput(f"unknown memory policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    return policy
+
+
+class Components(Mapping):
+    """The pipeline's sessions under a memory policy: a mapping name -> ``Session`` that opens a session on
+    first access (``openers[name]()``) and, through ``stage``, releases what the policy releases after it."""
+
+    def __init__(self, openers: dict[str, Callable[[], object]], policy: str = "fast"):
+        self.policy = check_policy(policy)
+        self._openers = dict(openers)
+        self._open: dict[str, object] = {}
+        self.loads: dict[str, int] = {name: 0 for name in openers}  # how often each was opened
+        if policy == "fast":
+            for name in openers:
+                self[name]
+
+    @classmethod
+    def resident(cls, sessions: dict) -> "Components":
+        """Sessions that already exist (in-memory reference modules): always open, never released."""
+        return cls({name: (lambda s=s: s) for name, s in sessions.items()}, "fast")
+
+    def __getitem__(self, name: str):
+        if name not in self._open:
+            if name not in self._openers:
+                raise KeyError(name)
+            self._open[name] = self._openers[name]()
+            self.loads[name] += 1
+        return self._open[name]
+
+    def __contains__(self, name) -> bool:  # Mapping's default would open the session to find out
+        return name in self._openers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._openers)
+
+    def __len__(self) -> int:
+        return len(self._openers)
+
+    @property
+    def open_names(self) -> list[str]:
+        """The components whose sessions are alive now."""
+        return list(self._open)
+
+    def release(self, names) -> None:
+        """Drop the sessions of ``names`` (their runtime frees the weights once nothing else holds them)."""
+        dropped = [self._open.pop(n) for n in names if n in self._open]
+        if dropped:
+            del dropped
+            gc.collect()
+
+    def after_stage(self, names) -> None:
+        """A stage that used ``names`` is over: release those the policy releases."""
+        self.release([n for n in names if n in RELEASED_AFTER_STAGE[self.policy]])

@@ -1,0 +1,97 @@
+"""Memory policies (flash_edge.memory): the same image under each, and each component resident only when the
+policy says so (checked with weak references: a released session object is gone, not just forgotten)."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import pytest
+
+from flash_edge.errors import InvalidInput
+from flash_edge.memory import POLICIES
+from flash_edge.pipeline import FlashPipeline
+
+PROMPT = "a blue square above a yellow triangle"
+ALL = ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def bundle(request):
+    return request.getfixturevalue("torch_bundle" if request.param == "torch" else "onnx_fp32_bundle")
+
+
+def test_every_policy_draws_the_same_image(bundle):
+    """Bit-exact: a policy changes when a session exists, never what it computes (same artifacts, same
+    runtime settings but for the ONNX arena, which changes where buffers live, not the arithmetic)."""
+    images = {p: FlashPipeline.from_bundle(bundle, memory=p).generate(PROMPT, seed=3) for p in POLICIES}
+    for p in POLICIES:
+        assert np.array_equal(images[p], images["fast"]), p
+
+
+def _watch(pipe):
+    """Weak references to every session the pipeline opens, by component."""
+    refs: dict[str, list] = {name: [] for name in ALL}
+    openers = pipe.sessions._openers
+    for name, opener in list(openers.items()):
+        def opened(opener=opener, name=name):
+            session = opener()
+            refs[name].append(weakref.ref(session))
+            return session
+        openers[name] = opened
+    return refs
+
+
+def _alive(refs) -> set[str]:
+    return {name for name, rs in refs.items() if any(r() is not None for r in rs)}
+
+
+def test_low_releases_each_component_after_its_stage(bundle):
+    pipe = FlashPipeline.from_bundle(bundle, memory="low")
+    refs = _watch(pipe)
+    assert pipe.sessions.open_names == [] and _alive(refs) == set()  # nothing is opened at load
+    during_denoise = []
+    pipe.generate(PROMPT, seed=0, on_step=lambda i, n: during_denoise.append(_alive(refs)))
+    assert during_denoise == [{"transformer"}] * 4  # text encoders gone before the first step, decoder not yet open
+    assert _alive(refs) == set() and pipe.sessions.open_names == []
+    pipe.generate(PROMPT, seed=1)
+    assert pipe.sessions.loads == dict.fromkeys(ALL, 2)  # opened once per image
+
+
+def test_balanced_keeps_the_transformer_and_decoder_and_fast_keeps_all(bundle):
+    pipe = FlashPipeline.from_bundle(bundle, memory="balanced")
+    refs = _watch(pipe)
+    assert pipe.sessions.open_names == []
+    for seed in (0, 1):
+        pipe.generate(PROMPT, seed=seed)
+        assert _alive(refs) == {"transformer", "vae_decoder"}
+    assert pipe.sessions.loads == {"text_encoder": 2, "text_encoder_2": 2, "transformer": 1, "vae_decoder": 1}
+    fast = FlashPipeline.from_bundle(bundle, memory="fast")
+    assert sorted(fast.sessions.open_names) == sorted(ALL)  # opened at load
+    fast.generate(PROMPT, seed=0)
+    fast.generate(PROMPT, seed=1)
+    assert sorted(fast.sessions.open_names) == sorted(ALL) and fast.sessions.loads == dict.fromkeys(ALL, 1)
+
+
+def test_low_opens_onnx_sessions_without_the_arena(onnx_fp32_bundle):
+    pipe = FlashPipeline.from_bundle(onnx_fp32_bundle, backend="onnx", memory="low")
+    options = pipe.sessions["vae_decoder"].session.get_session_options()
+    assert options.enable_cpu_mem_arena is False and options.enable_mem_pattern is False
+    fast = FlashPipeline.from_bundle(onnx_fp32_bundle, backend="onnx", memory="fast")
+    assert fast.sessions["vae_decoder"].session.get_session_options().enable_cpu_mem_arena is True
+
+
+def test_an_unknown_policy_is_refused_before_loading(torch_bundle):
+    with pytest.raises(InvalidInput, match=r"unknown memory policy 'tiny'; choose one of fast, balanced, low"):
+        FlashPipeline.from_bundle(torch_bundle, memory="tiny")
+
+
+def test_flash_generate_memory_low_writes_the_same_png(torch_bundle, tmp_path):
+    from PIL import Image
+
+    from flash_edge.cli.generate import main
+
+    for policy in ("low", "fast"):
+        assert main(["--quiet", "--bundle", str(torch_bundle), "--memory", policy, "--prompt", PROMPT,
+                     "--out", str(tmp_path / f"{policy}.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "low.png")), np.asarray(Image.open(tmp_path / "fast.png")))
