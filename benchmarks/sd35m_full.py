@@ -4,7 +4,7 @@ end to end per target and precision, with peak RSS per phase. Run by hand, not i
 memory and tens of minutes per bundle on a 2-core CPU.
 
   nice -n 10 .venv/bin/python -m benchmarks.sd35m_full --work /data/sd35m [--targets onnx executorch]
-      [--precisions int8 fp32] [--repeats 2] [--out benchmarks/results/sd35m-full]
+      [--precisions int8 fp32] [--repeats 2] [--memory fast low] [--out benchmarks/results/sd35m-full]
 
 1. builds the model folder (``--work``/model, ~12.5 GB fp32 on disk), one part at a time to bound memory;
 2. exports one bundle per (target, precision) whose backend runs here, at 512^2 with 4 steps
@@ -106,6 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sd35m-full"))
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' pipeline baseline")
+    p.add_argument("--prompts", help="flash-bench --prompts: a file of quality prompts (default: its 8)")
+    p.add_argument("--memory", nargs="+", default=["fast"], choices=("fast", "balanced", "low"),
+                   help="memory policies to measure each bundle under (flash-bench --memory)")
     args = p.parse_args(argv)
     from flash_edge.cli.bench import main as bench
     from flash_edge.cli.common import quiet_libraries
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
         return 2
     argv = [a for b in bundles for a in ("--bundle", str(b))]
     return bench([*argv, "--out", args.out, "--repeats", str(args.repeats), "--model", str(model),
-                  "--teacher", "estimate", *(["--no-diffusers"] if args.no_diffusers else [])])
+                  "--teacher", "estimate", "--memory", *args.memory, *(["--prompts", args.prompts] if args.prompts else []),
+                  *(["--no-diffusers"] if args.no_diffusers else [])])
 
 
 if __name__ == "__main__":

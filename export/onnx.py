@@ -45,8 +45,10 @@ OFFLINE_OPTIMIZER_SKIPPED = (
 #   prompt but 49.5 at another (trained weights: some prompts' 4-step trajectories move more); on the earlier
 #   random-weight tiny, with --quantize-vae the VAE 39.4 and the image 39.3. int8 QDQ (random-weight tiny):
 #   text encoders 39.8 / 41.8, transformer 53.5, image 45.0; VAE 35.0.
+#   Those were s8 weights on a VNNI CPU; with the default u8 weights on an AVX2-only CPU: text encoders 51.0 /
+#   53.0, transformer 55.2, image 52.6 (s8 there: 33.6 / 29.2 / 41.5 / 26.2, see onnx_passes.quantize_int8).
 #   Floors sit ~5 dB under the measured values: a wrong scale or an op quantized that must not be costs
-#   10-30 dB, while CPU kernels (VNNI or not) and library versions move the result by a dB or two.
+#   10-30 dB, while library versions move the result by a dB or two.
 FLOORS = {
     ("fp32", "*"): {"*": 60.0},
     ("fp16", "*"): {"*": 35.0},
@@ -110,6 +112,11 @@ class OnnxExporter(Exporter):
                             help="int8: activations quantized at run time (dynamic, default: no calibration, "
                                  "best accuracy, fastest on CPU) or static QDQ calibrated on dummy inputs "
                                  "(for NPU/EPs that need static quantization)"),
+        "--int8-weights": dict(choices=("u8", "s8"), default=None,
+                               help="int8: weight type (default u8 for --int8-mode dynamic: exact on every x86 CPU; "
+                                    "s8, the default for qdq, which NPU EPs expect: ONNX Runtime's u8 x s8 CPU kernels "
+                                    "saturate on x86 CPUs without VNNI, costing 15+ dB there, but are the fast path "
+                                    "on VNNI CPUs)"),
         "--external-data": dict(choices=("auto", "always"), default="auto",
                                 help="weights in a model.onnx.data file beside model.onnx: when over 2 GB (auto) "
                                      "or always"),
@@ -123,6 +130,10 @@ class OnnxExporter(Exporter):
         super().__init__(precision, **{**defaults, **options})
         if self.options["int8_mode"] not in ("dynamic", "qdq"):
             raise InvalidInput(f"int8_mode must be dynamic or qdq, got {self.options['int8_mode']!r}")
+        if self.options["int8_weights"] is None:
+            self.options["int8_weights"] = "u8" if self.options["int8_mode"] == "dynamic" else "s8"
+        if self.options["int8_weights"] not in ("u8", "s8"):
+            raise InvalidInput(f"int8_weights must be u8 or s8, got {self.options['int8_weights']!r}")
         if self.options["external_data"] not in ("auto", "always"):
             raise InvalidInput(f"external_data must be auto or always, got {self.options['external_data']!r}")
         if self.options["quantize_vae"] and self.precision != "int8":
@@ -215,7 +226,8 @@ class OnnxExporter(Exporter):
                 feeds = calibration or [spec.dummy_inputs(seed=i) for i in range(CALIBRATION_BATCHES)]
                 record["quantization"] = quantize_int8(current, work / "int8.onnx", external,
                                                        self.options["int8_mode"],
-                                                       OP_TYPES.get(name, DEFAULT_OP_TYPES), calibration=feeds)
+                                                       OP_TYPES.get(name, DEFAULT_OP_TYPES), calibration=feeds,
+                                                       weights=self.options["int8_weights"])
                 current, precision = work / "int8.onnx", "int8"
             elif self.precision == "fp16":
                 record["fp16"] = convert_fp16(current, work / "fp16.onnx", external)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 
+from .configs import config_problem
 from .confine import relative_path
 from .conditioning import T5_MODES
 from .errors import BundleError, FlashError
@@ -328,6 +329,9 @@ def validate(manifest: dict) -> GenerationSpec:
     for name in ("transformer", "parameters"):
         if name in model:
             obj(model[name], f"model.{name}")
+    problem = config_problem(model.get("transformer", {}), "model.transformer.")  # flash-bench counts FLOPs from it
+    if problem:
+        raise BundleError(f"manifest key {problem}")
     for name in ("parity", "tools"):
         if name in manifest:
             obj(manifest[name], name)

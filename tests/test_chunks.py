@@ -123,8 +123,10 @@ def test_onnx_chunked_int8_equals_the_unchunked_int8(b8c3, tiny_parts):
 
 def test_onnx_chunked_qdq_calibrates_each_chunk_on_the_hidden_states(tiny_parts, tmp_path):
     """Static QDQ scales come from calibration: a later chunk is calibrated on the hidden states the earlier
-    chunks produce from the same seeded inputs, so the chunks equal the whole QDQ model (measured 156 dB);
-    calibrating a chunk on its own dummy inputs (noise) would give 39.6 dB."""
+    chunks produce from the same seeded inputs, so the chunks equal the whole QDQ model up to rounding: the
+    output is quantized (a grid of one step), and float noise in the calibrated ranges flips a few elements by
+    one step (measured: 156 dB on a VNNI Xeon; 49.0 dB on an AVX2 EPYC, a quarter of the elements one step off);
+    calibrating a chunk on its own dummy inputs (noise) instead gave 39.6 dB, differences of several steps."""
     from flash_edge.export import get_exporter
     from flash_edge.runtimes.onnx import OnnxBackend
 
@@ -135,7 +137,11 @@ def test_onnx_chunked_qdq_calibrates_each_chunk_on_the_hidden_states(tiny_parts,
         art = get_exporter("onnx", "int8", int8_mode="qdq", chunks=k).export_component(
             "transformer", wrappers["transformer"], spec, tmp_path / f"k{k}")
         out[k] = OnnxBackend(threads=1).open(tmp_path / f"k{k}", "transformer", art.entry("onnx", spec)).run(feeds)
-    assert psnr(out[1]["velocity"], out[3]["velocity"]) > 90.0
+    a, b = out[1]["velocity"], out[3]["velocity"]
+    step = np.min(np.diff(np.unique(a)))  # the output's quantization step
+    diff = np.abs(a - b)
+    assert diff.max() <= 1.01 * step, (step, diff.max())
+    assert psnr(a, b) > 45.0
 
 
 def test_onnx_chunked_image_passes_the_gate(b8c3):

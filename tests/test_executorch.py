@@ -237,8 +237,8 @@ def test_pinned_vae_dynamic_int8_fails_at_run_time(tiny_parts, tmp_path):
     spec = specs["vae_decoder"]
     _, art = _export_one("vae_decoder", wrappers["vae_decoder"], spec, tmp_path, recipe="int8-dynamic")
     session = ExecuTorchBackend().open(tmp_path, "vae_decoder", art.entry("executorch", spec))
-    with pytest.raises(RuntimeError, match="0x1|failed"):
-        session.run(spec.dummy_inputs(seed=0))
+    with pytest.raises(BundleError, match=r"vae_decoder failed to run \(RuntimeError: .*(0x1|failed)"):
+        session.run(spec.dummy_inputs(seed=0))  # the runtime's failure, as one line
 
 
 # ----------------------------------------------------------------------------- bad input and the backend

@@ -95,3 +95,15 @@ def test_flash_generate_memory_low_writes_the_same_png(torch_bundle, tmp_path):
         assert main(["--quiet", "--bundle", str(torch_bundle), "--memory", policy, "--prompt", PROMPT,
                      "--out", str(tmp_path / f"{policy}.png")]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "low.png")), np.asarray(Image.open(tmp_path / "fast.png")))
+
+
+def test_flash_bench_measures_each_policy_and_checks_the_pictures(torch_bundle):
+    from flash_edge.bench.runner import Options, run_bench
+
+    results = run_bench(Options(bundles=[str(torch_bundle)], repeats=1, teacher="estimate", diffusers=False,
+                                memory=False, memory_policies=("fast", "low"), prompts=(PROMPT,)))
+    fast, low = results["bundles"]
+    assert (fast["memory_policy"], low["memory_policy"]) == ("fast", "low") and low["label"].endswith("[low]")
+    assert low["quality"]["bit_exact"] is True and low["quality"]["same_images_as"] == "fast"
+    assert low["ratios"]["e2e_vs_fast"] > 0 and "e2e_vs_reference" in low["ratios"]
+    assert results["settings"]["memory_policies"] == ["fast", "low"] and "_image0" not in low

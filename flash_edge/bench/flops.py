@@ -33,11 +33,15 @@ def block_flops(image_tokens: int, text_tokens: int, hidden: int, dual_attention
     return f
 
 
+CONFIG_KEYS = ("num_attention_heads", "attention_head_dim", "patch_size", "num_layers", "in_channels",
+               "pooled_projection_dim", "joint_attention_dim", "caption_projection_dim")  # integers it reads
+
+
 def transformer_flops(config: dict, image_tokens: int, text_tokens: int) -> int:
     """One forward of ``SD3Transformer2DModel(**config)`` on ``image_tokens`` patches and ``text_tokens``."""
     d = config["num_attention_heads"] * config["attention_head_dim"]
     p, layers = config["patch_size"], config["num_layers"]
-    dual = set(config.get("dual_attention_layers") or ())
+    dual = {i for i in (config.get("dual_attention_layers") or ()) if type(i) is int}
     f = _mm(image_tokens, config["in_channels"] * p * p, d)  # patch embedding (a p x p stride-p conv)
     f += _mm(1, 256, d) + _mm(1, d, d)  # timestep embedder (256 sinusoidal channels)
     f += _mm(1, config["pooled_projection_dim"], d) + _mm(1, d, d)  # pooled text embedder

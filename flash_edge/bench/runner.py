@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +37,7 @@ class Options:
     teacher: str = "measure"  # or "estimate" (from component medians: real-scale runs)
     diffusers: bool = True
     memory: bool = True  # the fresh-process memory probe
-    memory_policy: str = "fast"  # flash_edge.memory: what is resident when, in the benchmark and the probe
+    memory_policies: tuple[str, ...] = ("fast",)  # flash_edge.memory: each bundle is measured under each
     prompts: tuple[str, ...] = quality.PROMPTS
     command: str = ""
     extra: dict = field(default_factory=dict)
@@ -54,8 +56,9 @@ def _open(path: str, opts: Options) -> tuple[Bundle, float]:
 
 
 def _flop_stats(bundle: Bundle, lat: dict, gemm: dict) -> dict | None:
+    """FLOP/s from the transformer config the manifest records (bounded by its validator), if it has one."""
     config = bundle.manifest.get("model", {}).get("transformer")
-    if not config:
+    if not config or not all(type(config.get(k)) is int for k in flops.CONFIG_KEYS):
         return None
     spec = bundle.spec
     n = flops.image_tokens(spec.latent.height, spec.latent.width, spec.latent.patch_size)
@@ -103,6 +106,47 @@ def _reference(bundle: Bundle, source: str, opts: Options, gemm: dict, say: Say)
     return ref
 
 
+def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, first: dict | None, opts: Options,
+                references: dict, ref_errors: dict, gemm: dict, say: Say) -> dict:
+    """One bundle under one memory policy (``BackendUnavailable`` if its backend cannot run here)."""
+    several = len(opts.memory_policies) > 1
+    say(f"bundle {label}" + (f", memory policy {policy}" if several else ""))
+    pipe, load = latency.time_call(
+        lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False, memory=policy))
+    row = {"label": f"{label} [{policy}]" if several else label, "path": str(bundle.path),
+           "model": bundle.manifest.get("model", {}).get("name"),
+           "target": bundle.manifest.get("target"), "precision": bundle.manifest.get("precision"),
+           "backends": pipe.info.get("backends"), "height": bundle.spec.height, "width": bundle.spec.width,
+           "steps": bundle.spec.sampler.steps, "t5": bundle.spec.text.t5, "verify_s": verify_s,
+           "load_in_process": load, "memory_policy": policy}
+    row["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher)
+    ref = references.get(key)
+    row["reference"] = key
+    if first is None:
+        say(f"  images for {len(opts.prompts)} prompts")
+        images = quality.generate_all(pipe, opts.prompts)
+        row["quality"] = quality.compare(ref["images"], images) if ref else {"error": ref_errors[str(bundle.path)]}
+        row["_image0"] = images[0]
+    else:  # a policy changes when sessions exist, not what they compute: check one picture, keep the scores
+        same = bool(np.array_equal(quality.generate_all(pipe, opts.prompts[:1])[0], first["_image0"]))
+        row["quality"] = {**first["quality"], "same_images_as": first["memory_policy"], "verified_prompts": 1,
+                          "bit_exact": same}
+        if not same:
+            say(f"  WARNING: memory policy {policy} drew another picture than {first['memory_policy']}")
+    del pipe
+    gc.collect()
+    row["size"] = size.artifact_sizes(bundle)
+    row["flops"] = _flop_stats(bundle, row["latency"], gemm)
+    row["ratios"] = _ratios(row["latency"], ref)
+    if first is not None:
+        own, base = str(row["latency"]["bundle_steps"]), first["latency"]
+        row["ratios"]["e2e_vs_" + first["memory_policy"]] = base["e2e"][own]["median"] / row["latency"]["e2e"][own]["median"]
+    if opts.memory:
+        say("  cold load and peak memory in a fresh process")
+        row["memory"] = probe.run_probe(str(bundle.path), opts.backend, memory=policy)
+    return row
+
+
 def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
     if opts.repeats < 1:
         raise InvalidInput(f"--repeats must be at least 1, got {opts.repeats}")
@@ -135,37 +179,18 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
     rows, not_run = [], []
     for (bundle, verify_s), key in zip(opened, keys):
         label = _label(bundle, bundles)
-        say(f"bundle {label}")
-        try:
-            pipe, load = latency.time_call(
-                lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False,
-                                                  memory=opts.memory_policy))
-        except BackendUnavailable as e:  # e.g. Core ML off macOS: report what can be measured, and why not the rest
-            say(f"  not run here: {e}")
-            not_run.append({"label": label, "path": str(bundle.path), "target": bundle.manifest.get("target"),
-                            "precision": bundle.manifest.get("precision"), "reason": str(e),
-                            "size": size.artifact_sizes(bundle), "parity": bundle.manifest.get("parity")})
-            continue
-        row = {"label": label, "path": str(bundle.path), "model": bundle.manifest.get("model", {}).get("name"),
-               "target": bundle.manifest.get("target"), "precision": bundle.manifest.get("precision"),
-               "backends": pipe.info.get("backends"), "height": bundle.spec.height, "width": bundle.spec.width,
-               "steps": bundle.spec.sampler.steps, "t5": bundle.spec.text.t5, "verify_s": verify_s,
-               "load_in_process": load, "memory_policy": opts.memory_policy}
-        row["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher)
-        say(f"  images for {len(opts.prompts)} prompts")
-        images = quality.generate_all(pipe, opts.prompts)
-        del pipe
-        gc.collect()
-        ref = references.get(key)
-        row["reference"] = key
-        row["quality"] = quality.compare(ref["images"], images) if ref else {"error": ref_errors[str(bundle.path)]}
-        row["size"] = size.artifact_sizes(bundle)
-        row["flops"] = _flop_stats(bundle, row["latency"], gemm)
-        row["ratios"] = _ratios(row["latency"], ref)
-        if opts.memory:
-            say("  cold load and peak memory in a fresh process")
-            row["memory"] = probe.run_probe(str(bundle.path), opts.backend, memory=opts.memory_policy)
-        rows.append(row)
+        first = None  # the first policy's row: later policies must draw the same pictures
+        for policy in opts.memory_policies:
+            try:
+                row = _bundle_row(bundle, verify_s, key, label, policy, first, opts, references, ref_errors, gemm, say)
+            except BackendUnavailable as e:  # e.g. Core ML off macOS: report what can be measured, and why not
+                say(f"  not run here: {e}")
+                not_run.append({"label": label, "path": str(bundle.path), "target": bundle.manifest.get("target"),
+                                "precision": bundle.manifest.get("precision"), "reason": str(e),
+                                "size": size.artifact_sizes(bundle), "parity": bundle.manifest.get("parity")})
+                break
+            rows.append(row)
+            first = first or row
 
     from ..runtimes import REGISTRY, backend_class
 
@@ -176,9 +201,10 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine, "machine_label": measure.machine_label(machine), "gemm": gemm,
             "settings": {"repeats": opts.repeats, "warmup": 1, "backend": opts.backend, "teacher": opts.teacher,
-                         "memory_policy": opts.memory_policy,
+                         "memory_policies": list(opts.memory_policies),
                          "e2e_steps": list(latency.E2E_STEPS), "prompts": list(opts.prompts),
                          "teacher_steps": latency.TEACHER_STEPS, "teacher_guidance": latency.TEACHER_GUIDANCE,
                          "load_average_start": load_start,
                          **opts.extra},
-            "backends_registered": registered, "baselines": baseline_rows, "bundles": rows, "not_run": not_run}
+            "backends_registered": registered, "baselines": baseline_rows,
+            "bundles": [{k: v for k, v in r.items() if k != "_image0"} for r in rows], "not_run": not_run}

@@ -27,17 +27,33 @@ def parser():
     p.add_argument("--backend", default="auto", help="backend for every bundle: auto (default) or a registered one")
     p.add_argument("--model", help="the bundles' source model ('tiny' or a diffusers folder), when the path in "
                    "their manifest is not on this machine")
+    p.add_argument("--prompts", help="a text file with the quality prompts, one per line (default: the built-in 8; "
+                   "the first is also the latency prompt)")
     p.add_argument("--teacher", choices=("measure", "estimate"), default="measure",
                    help="run the 40-step CFG teacher setting, or estimate it from component times (default measure)")
     p.add_argument("--no-diffusers", dest="diffusers", action="store_false",
                    help="skip the diffusers StableDiffusion3Pipeline baseline")
-    p.add_argument("--memory", dest="memory_policy", choices=("fast", "balanced", "low"), default="fast",
-                   help="memory policy the bundles run under, in the benchmark and in the memory probe (default fast; "
-                   "see flash_edge.memory)")
+    p.add_argument("--memory", dest="memory_policies", nargs="+", choices=("fast", "balanced", "low"),
+                   default=["fast"], help="memory policies to measure each bundle under, in the benchmark and the "
+                   "memory probe (default fast; several give one row each, compared with the first)")
     p.add_argument("--no-memory-probe", "--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process cold-load and peak-memory probe")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
+
+
+def _read_prompts(path: str) -> tuple[str, ...]:
+    from ..errors import InvalidInput
+    from ..tokenization import check_prompt
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"cannot read --prompts {path}: {e}") from None
+    prompts = tuple(check_prompt(line.strip()) for line in lines if line.strip())
+    if not prompts:
+        raise InvalidInput(f"--prompts {path} holds no prompt")
+    return prompts
 
 
 def main(argv=None) -> int:
@@ -58,9 +74,11 @@ def main(argv=None) -> int:
         from ..bench.runner import Options, run_bench
 
         say = Progress(not args.quiet)
+        prompts = _read_prompts(args.prompts) if args.prompts else None
         opts = Options(bundles=args.bundle, repeats=args.repeats, height=args.height, width=args.width,
                        backend=args.backend, model=args.model, teacher=args.teacher, diffusers=args.diffusers,
-                       memory=args.memory, memory_policy=args.memory_policy, command=shlex.join([PROG, *argv]))
+                       memory=args.memory, memory_policies=tuple(dict.fromkeys(args.memory_policies)),
+                       **({"prompts": prompts} if prompts else {}), command=shlex.join([PROG, *argv]))
         results = run_bench(opts, say)
         out.mkdir(parents=True, exist_ok=True)
         write_json(results, out / "results.json")

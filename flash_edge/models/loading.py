@@ -20,7 +20,9 @@ REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer",
 MODEL_PARTS = {part: TORCH_CLASSES["vae_decoder" if part == "vae" else part]
                for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
 # tokenizer_config.json's tokenizer_class -> the class that reads it (default per component: CLIP, T5)
-TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast")
+# (TokenizersBackend: transformers 5's name for PreTrainedTokenizerFast, which it writes into saved configs)
+TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast",
+                     "TokenizersBackend")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # Optional file beside model_index.json: how the model was trained to be run, where diffusers' files cannot say
 # it. Only "t5_tokens" is read: 0 for a model trained without the T5 slot (flash-edge's distilled students),
