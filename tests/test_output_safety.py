@@ -4,12 +4,14 @@ works, and prompts, seeds and permissions behave as a user expects."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,30 @@ def leftovers(parent: Path) -> list[str]:
 def in_child(code: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
+
+
+@contextlib.contextmanager
+def child_holding(context: str, cwd: Path):
+    """A live child process inside ``with <context>:`` (an expression over ``atomic`` and ``Path``) while the
+    block runs; killed afterwards."""
+    ready = cwd / ".ready"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from flash_edge import atomic
+        with {context}:
+            Path({str(ready)!r}).write_text("1")
+            time.sleep(120)
+    """)], cwd=cwd)
+    try:
+        while not ready.exists():
+            assert child.poll() is None, "the child died before it held its lock"
+            time.sleep(0.05)
+        ready.unlink()
+        yield child
+    finally:
+        child.kill()
+        child.wait()
 
 
 # ------------------------------------------------------------------------- --force replaces only bundles
@@ -147,22 +173,7 @@ def test_killed_exports_are_cleaned_by_the_next_one_and_live_ones_are_left(tmp_p
     assert r.returncode == 9 and len(leftovers(tmp_path)) == 2  # work folder and lock file
     stranger = tmp_path / ".notes.partial"  # not provably ours: no marker
     stranger.mkdir()
-    ready = tmp_path / "ready"
-    live = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from pathlib import Path
-        from flash_edge import atomic
-        with atomic.atomic_directory(Path("live")):
-            Path({str(ready)!r}).write_text("1")
-            time.sleep(60)
-    """)], cwd=tmp_path)
-    try:
-        for _ in range(600):
-            if ready.exists():
-                break
-            live.poll()
-            assert live.returncode is None
-            __import__("time").sleep(0.1)
+    with child_holding("atomic.atomic_directory(Path('live'))", tmp_path):
         with atomic.atomic_directory(tmp_path / "next") as work:
             (work / "manifest.json").write_text("{}")
         names = leftovers(tmp_path)
@@ -171,31 +182,13 @@ def test_killed_exports_are_cleaned_by_the_next_one_and_live_ones_are_left(tmp_p
         with pytest.raises(InvalidInput, match=r"another flash-edge process is writing .*live"):
             with atomic.atomic_directory(tmp_path / "live", force=True):
                 pass
-    finally:
-        live.kill()
-        live.wait()
 
 
 def test_a_second_concurrent_export_to_one_out_fails_clearly(tmp_path):
-    ready = tmp_path / "ready"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from pathlib import Path
-        from flash_edge import atomic
-        with atomic.write_lock(Path("b")):
-            Path({str(ready)!r}).write_text("1")
-            time.sleep(60)
-    """)], cwd=tmp_path)
-    try:
-        while not ready.exists():
-            assert holder.poll() is None
-            __import__("time").sleep(0.1)
+    with child_holding("atomic.write_lock(Path('b'))", tmp_path):
         code, err = run_cli(export_cli.main, "--target", "torch", "--out", tmp_path / "b", "--quiet")
         assert_one_line_error(code, err, r"another flash-edge process is writing .*/b \(it holds .*\.b\.lock\)")
         assert not (tmp_path / "b").exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # ------------------------------------------------------------------------- flash-generate checks --out first
