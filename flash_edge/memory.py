@@ -17,6 +17,7 @@ Every policy gives the same image: only when a session exists changes, never wha
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Callable, Mapping
 from typing import Iterator
@@ -37,7 +38,8 @@ def check_policy(policy: str) -> str:
 
 class Components(Mapping):
     """The pipeline's sessions under a memory policy: a mapping name -> ``Session`` that opens a session on
-    first access (``openers[name]()``) and, through ``stage``, releases what the policy releases after it."""
+    first access (``openers[name]()``) and, through ``with stage(names):``, releases what the policy releases
+    after it."""
 
     def __init__(self, openers: dict[str, Callable[[], object]], policy: str = "fast"):
         self.policy = check_policy(policy)
@@ -82,6 +84,10 @@ class Components(Mapping):
             del dropped
             gc.collect()
 
-    def after_stage(self, names) -> None:
-        """A stage that used ``names`` is over: release those the policy releases."""
-        self.release([n for n in names if n in RELEASED_AFTER_STAGE[self.policy]])
+    @contextlib.contextmanager
+    def stage(self, names) -> Iterator[None]:
+        """A stage that uses ``names``: on leaving it (even by an error), release those the policy releases."""
+        try:
+            yield
+        finally:
+            self.release([n for n in names if n in RELEASED_AFTER_STAGE[self.policy]])

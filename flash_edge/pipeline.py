@@ -92,13 +92,11 @@ class FlashPipeline:
                    info={"model": model.name, "backends": {c: "torch" for c in spec.components}})
 
     # ----------------------------------------------------------------- stages
-    # Each stage releases, at its end, the sessions the memory policy releases (``Components.after_stage``).
+    # Each stage releases, at its end, the sessions the memory policy releases (``Components.stage``).
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """prompt -> (encoder_hidden_states, pooled_projections)."""
-        try:
+        with self.sessions.stage(self.spec.text_encoders):
             return self._encode(prompt)
-        finally:
-            self.sessions.after_stage(self.spec.text_encoders)
 
     def _encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         outs = {c: self.sessions[c].run({"input_ids": self.tokenizers[c](prompt)}) for c in self.spec.text_encoders}
@@ -110,15 +108,10 @@ class FlashPipeline:
     def denoise(self, cond: tuple[np.ndarray, np.ndarray], seed: int,
                 uncond: tuple[np.ndarray, np.ndarray] | None = None, on_step: StepCallback | None = None,
                 latents: np.ndarray | None = None) -> np.ndarray:
-        try:
-            return self._denoise(cond, seed, uncond, on_step, latents)
-        finally:
-            self.sessions.after_stage(["transformer"])
-
-    def _denoise(self, cond, seed, uncond, on_step, latents) -> np.ndarray:
-        transformer, g = self.sessions["transformer"], self.spec.sampler.guidance_scale
+        g = self.spec.sampler.guidance_scale
 
         def velocity(x, t):
+            transformer = self.sessions["transformer"]
             v = transformer.run({"latent": x, "timestep": t, "encoder_hidden_states": cond[0],
                                  "pooled_projections": cond[1]})["velocity"]
             if uncond is None:
@@ -127,14 +120,13 @@ class FlashPipeline:
                                    "pooled_projections": uncond[1]})["velocity"]
             return v_u + g * (v - v_u)
 
-        return sample(velocity, self.spec.sampler, self.spec.latent.shape, seed, on_step=on_step, latents=latents)
+        with self.sessions.stage(["transformer"]):
+            return sample(velocity, self.spec.sampler, self.spec.latent.shape, seed, on_step=on_step, latents=latents)
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """latent -> (1, 3, H, W) float image in [0, 1]."""
-        try:
+        with self.sessions.stage(["vae_decoder"]):
             image = self.sessions["vae_decoder"].run({"latent": latent})["image"]
-        finally:
-            self.sessions.after_stage(["vae_decoder"])
         if not np.all(np.isfinite(image)):
             raise GenerationError("the VAE decoder returned non-finite values (NaN or inf): the model or its "
                                   "export is broken")
@@ -148,11 +140,9 @@ class FlashPipeline:
         check_prompt(negative_prompt, allow_empty=True)
         check_seed(seed)
         t0 = time.perf_counter()
-        try:  # one encode stage for both prompts: a low-memory pipeline loads the encoders once
+        with self.sessions.stage(self.spec.text_encoders):  # both prompts in one stage: encoders loaded once
             cond = self._encode(prompt)
             uncond = self._encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None
-        finally:
-            self.sessions.after_stage(self.spec.text_encoders)
         t1 = time.perf_counter()
         latent = self.denoise(cond, seed, uncond, on_step=on_step, latents=latents)
         t2 = time.perf_counter()
