@@ -112,11 +112,10 @@ class OnnxExporter(Exporter):
                             help="int8: activations quantized at run time (dynamic, default: no calibration, "
                                  "best accuracy, fastest on CPU) or static QDQ calibrated on dummy inputs "
                                  "(for NPU/EPs that need static quantization)"),
-        "--int8-weights": dict(choices=("u8", "s8"), default=None,
-                               help="int8: weight type (default u8 for --int8-mode dynamic: exact on every x86 CPU; "
-                                    "s8, the default for qdq, which NPU EPs expect: ONNX Runtime's u8 x s8 CPU kernels "
-                                    "saturate on x86 CPUs without VNNI, costing 15+ dB there, but are the fast path "
-                                    "on VNNI CPUs)"),
+        "--int8-weights": dict(choices=("u8", "s8"), default="u8",
+                               help="int8: weight type (u8, default: exact on every x86 CPU; s8: ONNX Runtime's "
+                                    "u8 x s8 CPU kernels saturate on x86 CPUs without VNNI, costing 5-25 dB there, "
+                                    "but are the fast path on VNNI CPUs)"),
         "--external-data": dict(choices=("auto", "always"), default="auto",
                                 help="weights in a model.onnx.data file beside model.onnx: when over 2 GB (auto) "
                                      "or always"),
@@ -130,8 +129,6 @@ class OnnxExporter(Exporter):
         super().__init__(precision, **{**defaults, **options})
         if self.options["int8_mode"] not in ("dynamic", "qdq"):
             raise InvalidInput(f"int8_mode must be dynamic or qdq, got {self.options['int8_mode']!r}")
-        if self.options["int8_weights"] is None:
-            self.options["int8_weights"] = "u8" if self.options["int8_mode"] == "dynamic" else "s8"
         if self.options["int8_weights"] not in ("u8", "s8"):
             raise InvalidInput(f"int8_weights must be u8 or s8, got {self.options['int8_weights']!r}")
         if self.options["external_data"] not in ("auto", "always"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .atomic import BUNDLE_FORMAT, atomic_directory, check_output_path  # noqa: F401 - re-exported
+from .atomic import BUNDLE_FORMAT
 from .confine import inside, stray_entries
 from .errors import BundleError
 from .manifest import CODE_SUFFIXES, validate
