@@ -19,7 +19,7 @@ from .confine import relative_path
 from .conditioning import T5_MODES
 from .errors import BundleError, FlashError
 from .sampler import MAX_STEPS, NOISE_GENERATOR, STEP_RULES
-from .spec import DTYPES, TORCH_CLASSES, GenerationSpec, check_chain
+from .spec import DTYPES, TORCH_CLASSES, ComponentSpec, GenerationSpec, TensorSpec, check_chain
 
 TARGETS = ("torch", "onnx", "coreml", "executorch")
 MAX_DIM = 1 << 16  # any one tensor dimension, token count or width
@@ -293,8 +293,6 @@ def check_component(name: str, entry, spec: GenerationSpec, files: dict) -> None
 
 
 def _check_chunks(chunks, key: str, name: str, spec: GenerationSpec, files: dict, owned: list[str]) -> None:
-    from .spec import ComponentSpec, TensorSpec
-
     pieces = []
     for i, c in enumerate(array(chunks, key, 1, 256)):
         where = f"{key}[{i}]"
