@@ -9,8 +9,12 @@ A generation has three stages: encode (the text encoders), denoise (the transfor
   transformer and the decoder stay. For a stream of images on a laptop.
 * ``low``: each component is opened just before its stage and released right after it (what
   apple/ml-stable-diffusion calls ``reduceMemory``), so at most one stage's weights are resident. Backends
-  are also opened with their low-memory settings (``low_memory=True``: ONNX Runtime without its memory arena
-  and memory patterns). For phones. Costs a load of every component per image.
+  are also opened with their low-memory settings (``low_memory=True``: ONNX Runtime without its memory arena,
+  memory patterns or pre-packed weights). For phones. Costs a load of every component per image.
+
+Releasing a session frees its memory to the C heap; on glibc the heap keeps much of it (measured: 0.4 GB of a
+0.6 GB transformer chunk stayed resident after its session was gone), so a release ends with
+``malloc_trim(0)``, which hands the free heap pages back to the OS.
 
 Every policy gives the same image: only when a session exists changes, never what it computes.
 """
@@ -18,6 +22,9 @@ Every policy gives the same image: only when a session exists changes, never wha
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import gc
 from collections.abc import Callable, Mapping
 from typing import Iterator
@@ -28,6 +35,25 @@ from .spec import TEXT_ENCODERS
 POLICIES = ("fast", "balanced", "low")
 RELEASED_AFTER_STAGE = {"fast": frozenset(), "balanced": frozenset(TEXT_ENCODERS),
                         "low": frozenset((*TEXT_ENCODERS, "transformer", "vae_decoder"))}
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Give the C heap's free pages back to the OS; True where the C library can (glibc)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def check_policy(policy: str) -> str:
@@ -82,7 +108,7 @@ class Components(Mapping):
         dropped = [self._open.pop(n) for n in names if n in self._open]
         if dropped:
             del dropped
-            gc.collect()
+            return_freed_memory()
 
     @contextlib.contextmanager
     def stage(self, names) -> Iterator[None]:

@@ -3,6 +3,8 @@ policy says so (checked with weak references: a released session object is gone,
 
 from __future__ import annotations
 
+import platform
+import sys
 import weakref
 
 import numpy as np
@@ -23,10 +25,16 @@ def bundle(request):
 
 def test_every_policy_draws_the_same_image(bundle):
     """Bit-exact: a policy changes when a session exists, never what it computes (same artifacts, same
-    runtime settings but for the ONNX arena, which changes where buffers live, not the arithmetic)."""
+    runtime settings but for ONNX Runtime's arena, which changes where buffers live, not the arithmetic).
+    One exception, measured: ``low`` turns ONNX Runtime's weight pre-packing off, and MLAS's fp32 GEMM then
+    sums in another order (float rounding, ~1e-7 here); its integer GEMM does not, so int8 bundles stay
+    bit-exact (tests/test_onnx.py). fp32 ONNX under ``low`` is held to 1e-5, 100x its measured difference."""
     images = {p: FlashPipeline.from_bundle(bundle, memory=p).generate(PROMPT, seed=3) for p in POLICIES}
     for p in POLICIES:
-        assert np.array_equal(images[p], images["fast"]), p
+        if p == "low" and "onnx" in bundle.name:
+            np.testing.assert_allclose(images[p], images["fast"], rtol=0, atol=1e-5)
+        else:
+            assert np.array_equal(images[p], images["fast"]), p
 
 
 def _watch(pipe):
@@ -77,6 +85,7 @@ def test_low_opens_onnx_sessions_without_the_arena(onnx_fp32_bundle):
     pipe = FlashPipeline.from_bundle(onnx_fp32_bundle, backend="onnx", memory="low")
     options = pipe.sessions["vae_decoder"].session.get_session_options()
     assert options.enable_cpu_mem_arena is False and options.enable_mem_pattern is False
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"  # no packed copy of each weight
     fast = FlashPipeline.from_bundle(onnx_fp32_bundle, backend="onnx", memory="fast")
     assert fast.sessions["vae_decoder"].session.get_session_options().enable_cpu_mem_arena is True
 
@@ -107,3 +116,24 @@ def test_flash_bench_measures_each_policy_and_checks_the_pictures(torch_bundle):
     assert low["quality"]["bit_exact"] is True and low["quality"]["same_images_as"] == "fast"
     assert low["ratios"]["e2e_vs_fast"] > 0 and "e2e_vs_reference" in low["ratios"]
     assert results["settings"]["memory_policies"] == ["fast", "low"] and "_image0" not in low
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim is glibc's; elsewhere return_freed_memory only collects garbage")
+def test_a_release_hands_the_freed_heap_back_to_the_os():
+    """What a released session leaves: free blocks inside glibc's heap, below a block still in use, which glibc
+    keeps resident on its own (measured: 0.4 GB of a 0.6 GB ONNX chunk). ``return_freed_memory`` (called by
+    every release) must give them back: 200 MB of 4 KB blocks, one kept above them."""
+    from flash_edge.memory import return_freed_memory
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+    blocks = [bytearray(4000) for _ in range(50_000)]  # over pymalloc's 512 B: glibc's malloc
+    keep = bytearray(4000)  # noqa: F841 - allocated after them, so the heap's top cannot shrink by itself
+    before = rss()
+    del blocks
+    freed_by_glibc_alone = before - rss()
+    assert return_freed_memory() is True
+    assert before - rss() > 150e6 > freed_by_glibc_alone

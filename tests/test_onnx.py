@@ -135,6 +135,15 @@ def test_int8_image_within_declared_floor(b8, reference_image):
     assert value < 100.0  # int8 is not bit-exact: a float model slipped in would read ~129 dB
 
 
+def test_int8_image_is_the_same_under_every_memory_policy(b8):
+    """``low`` opens ONNX Runtime without weight pre-packing; its integer GEMM gives the same sums either way, so
+    the int8 bundle's image is bit-exact under every policy (fp32 is not: tests/test_memory_policy.py)."""
+    fast = FlashPipeline.from_bundle(b8, backend="onnx", memory="fast").generate(PROMPT, seed=SEED)
+    low = FlashPipeline.from_bundle(b8, backend="onnx", memory="low")
+    assert np.array_equal(low.generate(PROMPT, seed=SEED), fast)
+    assert low.sessions.open_names == []
+
+
 def test_int8_transformer_size(b32, b8):
     """On tiny the int8 transformer *file* is 34% of the fp32 one: its weights shrink to 28.5% (matmul weights
     exactly 1/4, plus per-channel scales and the float norms/biases), but the graph (176 KB of nodes) does not
