@@ -101,7 +101,7 @@ def limited(d: dict, section: str, name: str, where: str | None = None) -> int:
 
 # --------------------------------------------------------------------------------------------- generation
 def check_generation(g) -> GenerationSpec:
-    g = only(obj(g, "generation"), "generation", ("image", "latent", "sampler", "text", "tokenizers"))
+    g = only(obj(g, "generation"), "generation", ("image", "latent", "sampler", "text", "tokenizers", "decode"))
     image = only(obj(field(g, "image", "generation"), "generation.image"), "generation.image", ("height", "width"))
     height, width = (limited(image, "image", s, "generation.image") for s in ("height", "width"))
     lat = only(obj(field(g, "latent", "generation"), "generation.latent"), "generation.latent",
@@ -116,6 +116,8 @@ def check_generation(g) -> GenerationSpec:
                        f"vae_scale_factor ({factor}) and a multiple of patch_size ({patch})")
     number(field(lat, "scaling_factor", "generation.latent"), "generation.latent.scaling_factor", 1e-6, 1e3)
     number(field(lat, "shift_factor", "generation.latent"), "generation.latent.shift_factor", -1e3, 1e3)
+    if "decode" in g:
+        _check_decode(g["decode"], min(lat["height"], lat["width"]))
     _check_sampler(obj(field(g, "sampler", "generation"), "generation.sampler"))
     text = _check_text(obj(field(g, "text", "generation"), "generation.text"))
     _check_tokenizers(obj(field(g, "tokenizers", "generation"), "generation.tokenizers"), text)
@@ -129,6 +131,13 @@ def check_generation(g) -> GenerationSpec:
             raise fail("generation", f"makes {name}'s {tensor.name} {list(tensor.shape)}: more than "
                        f"{MAX_ELEMENTS} elements")
     return spec
+
+
+def _check_decode(d, cells: int) -> None:
+    key = "generation.decode"
+    d = only(obj(d, key), key, ("tile", "overlap"))
+    tile = integer(field(d, "tile", key), f"{key}.tile", 1, cells)  # latent cells; one tile per decoder run
+    integer(field(d, "overlap", key), f"{key}.overlap", 0, tile // 2)
 
 
 def _check_sampler(s: dict) -> None:

@@ -20,6 +20,7 @@ from .image import to_pil
 from .memory import Components, check_policy
 from .sampler import check_seed, sample
 from .spec import GenerationSpec
+from .tiling import decode_tiled
 from .tokenization import PromptTokenizer, check_prompt
 
 StepCallback = Callable[[int, int], None]
@@ -124,9 +125,14 @@ class FlashPipeline:
             return sample(velocity, self.spec.sampler, self.spec.latent.shape, seed, on_step=on_step, latents=latents)
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
-        """latent -> (1, 3, H, W) float image in [0, 1]."""
+        """latent -> (1, 3, H, W) float image in [0, 1]; in tiles when the bundle's decoder takes tiles."""
         with self.sessions.stage(["vae_decoder"]):
-            image = self.sessions["vae_decoder"].run({"latent": latent})["image"]
+            decoder, tiles = self.sessions["vae_decoder"], self.spec.decode
+            if tiles.tiled:
+                image = decode_tiled(lambda z: decoder.run({"latent": z})["image"], latent, tiles.tile,
+                                     tiles.overlap, self.spec.latent.vae_scale_factor)
+            else:
+                image = decoder.run({"latent": latent})["image"]
         if not np.all(np.isfinite(image)):
             raise GenerationError("the VAE decoder returned non-finite values (NaN or inf): the model or its "
                                   "export is broken")

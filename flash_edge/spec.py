@@ -115,6 +115,19 @@ class LatentSpec:
 
 
 @dataclass(frozen=True)
+class DecodeSpec:
+    """Tiled VAE decode (``flash_edge/tiling.py``): square tiles of ``tile`` latent cells overlapping by
+    ``overlap``; the decoder is exported at the tile's shape. ``tile == 0``: the whole latent at once."""
+
+    tile: int = 0
+    overlap: int = 0
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile > 0
+
+
+@dataclass(frozen=True)
 class TokenizerSpec:
     path: str  # folder inside the bundle, holding tokenizer.json
     max_length: int
@@ -132,6 +145,7 @@ class GenerationSpec:
     sampler: SamplerConfig
     text: TextLayout
     tokenizers: dict[str, TokenizerSpec] = field(default_factory=dict)  # keyed by text-encoder component
+    decode: DecodeSpec = DecodeSpec()
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
@@ -164,6 +178,10 @@ class GenerationSpec:
                 TensorSpec("pooled_projections", (1, t.pooled_dim)),
             ), (TensorSpec("velocity", lat.shape),))
         if name == "vae_decoder":
+            if self.decode.tiled:  # one tile per run
+                cells, pixels = self.decode.tile, self.decode.tile * lat.vae_scale_factor
+                return ComponentSpec(name, (TensorSpec("latent", (1, lat.channels, cells, cells)),),
+                                     (TensorSpec("image", (1, 3, pixels, pixels)),))
             return ComponentSpec(name, (TensorSpec("latent", lat.shape),),
                                  (TensorSpec("image", (1, 3, self.height, self.width)),))
         raise KeyError(f"unknown component {name!r}")
@@ -171,10 +189,12 @@ class GenerationSpec:
     def to_dict(self) -> dict:
         return {"image": {"height": self.height, "width": self.width},
                 "latent": asdict(self.latent), "sampler": self.sampler.to_dict(), "text": self.text.to_dict(),
-                "tokenizers": {k: asdict(v) for k, v in self.tokenizers.items()}}
+                "tokenizers": {k: asdict(v) for k, v in self.tokenizers.items()},
+                **({"decode": asdict(self.decode)} if self.decode.tiled else {})}  # absent: untiled (format 1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationSpec":
         return cls(height=d["image"]["height"], width=d["image"]["width"], latent=LatentSpec(**d["latent"]),
                    sampler=SamplerConfig.from_dict(d["sampler"]), text=TextLayout.from_dict(d["text"]),
-                   tokenizers={k: TokenizerSpec(**v) for k, v in d["tokenizers"].items()})
+                   tokenizers={k: TokenizerSpec(**v) for k, v in d["tokenizers"].items()},
+                   decode=DecodeSpec(**d.get("decode", {})))

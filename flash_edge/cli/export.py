@@ -29,6 +29,12 @@ def parser():
     p.add_argument("--rule", choices=("euler", "renoise"), default="euler", help="sampler step rule")
     p.add_argument("--height", type=positive_int, help="image height (default: the model's native size)")
     p.add_argument("--width", type=positive_int, help="image width (default: the model's native size)")
+    p.add_argument("--decode-tile", type=positive_int, metavar="PIXELS",
+                   help="decode in overlapping square tiles of this many pixels (a multiple of the VAE factor, 8): "
+                   "the decoder's memory follows the tile, not the image; costs time and some fidelity, "
+                   "measured into the manifest's parity.decode_tiling (default: one pass)")
+    p.add_argument("--decode-overlap", type=int, metavar="PIXELS",
+                   help="with --decode-tile: pixels tiles overlap by (default: a quarter of the tile)")
     t5 = p.add_mutually_exclusive_group()
     t5.add_argument("--t5", dest="t5", action="store_true", help="export the T5 encoder too")
     t5.add_argument("--no-t5", dest="t5", action="store_false", help="drop T5; zeros of its shape (default)")
@@ -92,7 +98,8 @@ def main(argv=None) -> int:
         from ..export import export_bundle
 
         export_bundle(args.model, args.target, args.out, args.precision, config=args.config,
-                      height=args.height, width=args.width,
+                      height=args.height, width=args.width, decode_tile=args.decode_tile,
+                      decode_overlap=args.decode_overlap,
                       steps=args.steps, rule=args.rule, sigmas=args.sigmas, t5=args.t5, t5_tokens=args.t5_tokens,
                       force=args.force, skip_parity=args.skip_parity, progress=Progress(not args.quiet),
                       **target_options(args, args.target))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..conditioning import TextLayout
 from ..errors import InvalidInput
 from ..sampler import SamplerConfig, check_steps
-from ..spec import GenerationSpec, LatentSpec, TokenizerSpec
+from ..spec import DecodeSpec, GenerationSpec, LatentSpec, TokenizerSpec
 from .loading import SD3Model
 
 DEFAULT_STEPS = 4
@@ -30,6 +30,26 @@ def check_size(model: SD3Model, height: int, width: int) -> None:
         if limit and value > limit:
             raise InvalidInput(f"{side} {value} exceeds what this model's position embedding covers "
                                f"({tcfg.pos_embed_max_size} patches = {limit} px)")
+
+
+def decode_spec(tile: int | None, overlap: int | None, factor: int, cells: tuple[int, int]) -> DecodeSpec:
+    """Tiled decode from pixel sizes (``--decode-tile``/``--decode-overlap``; overlap default: a quarter of the
+    tile, as diffusers' tiled decode) to latent cells; ``tile`` None: untiled."""
+    if tile is None:
+        if overlap is not None:
+            raise InvalidInput("--decode-overlap needs --decode-tile")
+        return DecodeSpec()
+    overlap = tile // 4 // factor * factor if overlap is None else overlap
+    for name, value in (("decode tile", tile), ("decode overlap", overlap)):
+        if not isinstance(value, int) or value < 0 or value % factor:
+            raise InvalidInput(f"{name} must be a multiple of the VAE factor {factor} in pixels, got {value!r}")
+    t, o = tile // factor, overlap // factor
+    if not 0 < t <= min(cells) or t == max(cells):
+        raise InvalidInput(f"decode tile {tile} px must be smaller than the image ({cells[0] * factor}x"
+                           f"{cells[1] * factor}) and no larger than its short side")
+    if o > t // 2:
+        raise InvalidInput(f"decode overlap {overlap} px must be at most half the tile ({tile} px)")
+    return DecodeSpec(tile=t, overlap=o)
 
 
 def sampler_from_model(model: SD3Model, steps: int | None = None, rule: str = "euler", sigmas=None,
@@ -61,7 +81,8 @@ def sampler_from_model(model: SD3Model, steps: int | None = None, rule: str = "e
 
 def generation_spec(model: SD3Model, height: int | None = None, width: int | None = None, steps: int | None = None,
                     rule: str = "euler", sigmas=None, t5_tokens: int | None = None,
-                    guidance_scale: float = 1.0) -> GenerationSpec:
+                    guidance_scale: float = 1.0, decode_tile: int | None = None,
+                    decode_overlap: int | None = None) -> GenerationSpec:
     tcfg, vcfg = model.transformer.config, model.vae.config
     vae_factor = 2 ** (len(vcfg.block_out_channels) - 1)
     height = tcfg.sample_size * vae_factor if height is None else height
@@ -94,4 +115,5 @@ def generation_spec(model: SD3Model, height: int | None = None, width: int | Non
                         vae_scale_factor=vae_factor, patch_size=tcfg.patch_size)
     return GenerationSpec(height=height, width=width, latent=latent,
                           sampler=sampler_from_model(model, steps, rule, sigmas, guidance_scale), text=text,
-                          tokenizers=tokenizers)
+                          tokenizers=tokenizers,
+                          decode=decode_spec(decode_tile, decode_overlap, vae_factor, (latent.height, latent.width)))
