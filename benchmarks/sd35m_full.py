@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", help="flash-bench --prompts: a file of quality prompts (default: its 8)")
     p.add_argument("--memory", nargs="+", default=["fast"], choices=("fast", "balanced", "low"),
                    help="memory policies to measure each bundle under (flash-bench --memory)")
+    p.add_argument("--e2e-steps", nargs="+", default=["4"], help="flash-bench --e2e-steps (default: 4 only)")
+    p.add_argument("--decode-tile", type=int, help="export with flash-export --decode-tile PIXELS (overlap: a third)")
     args = p.parse_args(argv)
     from flash_edge.cli.bench import main as bench
     from flash_edge.cli.common import quiet_libraries
@@ -130,12 +132,12 @@ def main(argv=None) -> int:
             if reason:
                 say(f"skipping {target} {precision}: {reason}")
                 continue
-            out = work / f"sd35m-{target}-{precision}-{args.size}"
+            out = work / (f"sd35m-{target}-{precision}-{args.size}" + (f"-tile{tile}" if (tile := args.decode_tile) else ""))
             if not (out / "manifest.json").is_file():
                 say(f"exporting {out.name}")
                 try:
                     export_bundle(model, target, out, precision, height=args.size, width=args.size, steps=4,
-                                  progress=say)
+                                  decode_tile=tile, decode_overlap=tile // 3 // 8 * 8 if tile else None, progress=say)
                 except FlashError as e:
                     say(f"  {out.name} not benchmarked: {e}")
                     continue
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
         return 2
     argv = [a for b in bundles for a in ("--bundle", str(b))]
     return bench([*argv, "--out", args.out, "--repeats", str(args.repeats), "--model", str(model),
-                  "--teacher", "estimate", "--memory", *args.memory, *(["--prompts", args.prompts] if args.prompts else []),
+                  "--teacher", "estimate", "--memory", *args.memory, "--e2e-steps", *args.e2e_steps, *(["--prompts", args.prompts] if args.prompts else []),
                   *(["--no-diffusers"] if args.no_diffusers else [])])
 
 

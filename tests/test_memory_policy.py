@@ -110,12 +110,14 @@ def test_flash_bench_measures_each_policy_and_checks_the_pictures(torch_bundle):
     from flash_edge.bench.runner import Options, run_bench
 
     results = run_bench(Options(bundles=[str(torch_bundle)], repeats=1, teacher="estimate", diffusers=False,
-                                memory=False, memory_policies=("fast", "low"), prompts=(PROMPT,)))
+                                memory=False, memory_policies=("fast", "low"), prompts=(PROMPT,), e2e_steps=(2,)))
     fast, low = results["bundles"]
     assert (fast["memory_policy"], low["memory_policy"]) == ("fast", "low") and low["label"].endswith("[low]")
     assert low["quality"]["bit_exact"] is True and low["quality"]["same_images_as"] == "fast"
     assert low["ratios"]["e2e_vs_fast"] > 0 and "e2e_vs_reference" in low["ratios"]
     assert results["settings"]["memory_policies"] == ["fast", "low"] and "_image0" not in low
+    own = str(fast["steps"])
+    assert set(low["latency"]["e2e"]) == {"2", own} and results["settings"]["e2e_steps"] == [2]  # as asked, + own
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",

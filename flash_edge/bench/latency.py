@@ -116,9 +116,10 @@ def measure_teacher(pipe: FlashPipeline, prompt: str, repeats: int, components: 
     return out
 
 
-def measure_pipeline(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, teacher: str = "measure") -> dict:
+def measure_pipeline(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, teacher: str = "measure",
+                     e2e_steps=E2E_STEPS) -> dict:
     components = measure_components(pipe, prompt, repeats, say)
-    e2e = measure_e2e(pipe, prompt, repeats, say)
+    e2e = measure_e2e(pipe, prompt, repeats, say, e2e_steps)
     own = str(pipe.spec.sampler.steps)
     text = sum(components[c]["median"] for c in pipe.spec.text_encoders)
     return {"components": components, "text_encoders_s": text, "e2e": e2e, "bundle_steps": int(own),

@@ -39,6 +39,7 @@ class Options:
     memory: bool = True  # the fresh-process memory probe
     memory_policies: tuple[str, ...] = ("fast",)  # flash_edge.memory: each bundle is measured under each
     prompts: tuple[str, ...] = quality.PROMPTS
+    e2e_steps: tuple[int, ...] = latency.E2E_STEPS  # end-to-end step counts (each bundle's own is always added)
     command: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -90,7 +91,8 @@ def _reference(bundle: Bundle, source: str, opts: Options, gemm: dict, say: Say)
     pipe, load = latency.time_call(lambda: baselines.reference_pipeline(bundle, source))
     ref = {"label": "PyTorch fp32 reference (in memory)", "source": source, "load": load,
            "backends": pipe.info.get("backends")}
-    ref["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher)
+    ref["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher,
+                                              opts.e2e_steps)
     ref["flops"] = _flop_stats(bundle, ref["latency"], gemm)
     say(f"  reference images for {len(opts.prompts)} prompts")
     ref["images"] = quality.generate_all(pipe, opts.prompts)
@@ -119,7 +121,8 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
            "backends": pipe.info.get("backends"), "height": bundle.spec.height, "width": bundle.spec.width,
            "steps": bundle.spec.sampler.steps, "t5": bundle.spec.text.t5, "verify_s": verify_s,
            "load_in_process": load, "memory_policy": policy}
-    row["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher)
+    row["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher,
+                                              opts.e2e_steps)
     ref = references.get(key)
     row["reference"] = key
     if first is None:
@@ -202,7 +205,7 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
             "machine": machine, "machine_label": measure.machine_label(machine), "gemm": gemm,
             "settings": {"repeats": opts.repeats, "warmup": 1, "backend": opts.backend, "teacher": opts.teacher,
                          "memory_policies": list(opts.memory_policies),
-                         "e2e_steps": list(latency.E2E_STEPS), "prompts": list(opts.prompts),
+                         "e2e_steps": list(opts.e2e_steps), "prompts": list(opts.prompts),
                          "teacher_steps": latency.TEACHER_STEPS, "teacher_guidance": latency.TEACHER_GUIDANCE,
                          "load_average_start": load_start,
                          **opts.extra},

@@ -38,6 +38,8 @@ def parser():
                    "memory probe (default fast; several give one row each, compared with the first)")
     p.add_argument("--no-memory-probe", "--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process cold-load and peak-memory probe")
+    p.add_argument("--e2e-steps", type=positive_int, nargs="+", default=[1, 2, 4], metavar="N",
+                   help="step counts timed end to end (default 1 2 4; each bundle's own count is always timed)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
         opts = Options(bundles=args.bundle, repeats=args.repeats, height=args.height, width=args.width,
                        backend=args.backend, model=args.model, teacher=args.teacher, diffusers=args.diffusers,
                        memory=args.memory, memory_policies=tuple(dict.fromkeys(args.memory_policies)),
+                       e2e_steps=tuple(sorted(set(args.e2e_steps))),
                        **({"prompts": prompts} if prompts else {}), command=shlex.join([PROG, *argv]))
         results = run_bench(opts, say)
         out.mkdir(parents=True, exist_ok=True)
