@@ -127,16 +127,20 @@ class FlashPipeline:
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """latent -> (1, 3, H, W) float image in [0, 1]; in tiles when the bundle's decoder takes tiles."""
         with self.sessions.stage(["vae_decoder"]):
-            decoder, tiles = self.sessions["vae_decoder"], self.spec.decode
-            if tiles.tiled:
-                image = decode_tiled(lambda z: decoder.run({"latent": z})["image"], latent, tiles.tile,
-                                     tiles.overlap, self.spec.latent.vae_scale_factor)
-            else:
-                image = decoder.run({"latent": latent})["image"]
+            image = self.run_decoder(self.sessions["vae_decoder"], latent)
         if not np.all(np.isfinite(image)):
             raise GenerationError("the VAE decoder returned non-finite values (NaN or inf): the model or its "
                                   "export is broken")
         return image
+
+    def run_decoder(self, decoder, latent: np.ndarray) -> np.ndarray:
+        """The decoder session over the whole latent: one run, or one per tile when the bundle's decoder takes
+        tiles (``generation.decode``, ``flash_edge/tiling.py``)."""
+        tiles = self.spec.decode
+        if not tiles.tiled:
+            return decoder.run({"latent": latent})["image"]
+        return decode_tiled(lambda z: decoder.run({"latent": z})["image"], latent, tiles.tile, tiles.overlap,
+                            self.spec.latent.vae_scale_factor)
 
     # ----------------------------------------------------------------- the whole thing
     def generate(self, prompt: str, seed: int = 0, negative_prompt: str = "", on_step: StepCallback | None = None,

@@ -123,3 +123,23 @@ def test_flash_export_refuses_a_tile_as_large_as_the_image(tmp_path, capsys):
                  str(tmp_path / "b")]) != 0
     assert "decode tile 64 px must be smaller than the image (64x64)" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_flash_bench_times_the_whole_tiled_decode(tiled_bundle):
+    """flash-bench's VAE time of a tiled bundle is every tile's run (it fed the decoder the whole latent before,
+    which a tile-shaped decoder refuses), and its quality row sees the tiling cost, as the manifest does."""
+    from flash_edge.bench.runner import Options, run_bench
+
+    pipe = FlashPipeline.from_bundle(tiled_bundle, backend="onnx")
+    runs = []
+    decoder = pipe.sessions["vae_decoder"]
+    run = decoder.run
+    decoder.run = lambda feeds: runs.append(feeds["latent"].shape) or run(feeds)
+    pipe.run_decoder(decoder, np.zeros(pipe.spec.latent.shape, np.float32))
+    assert runs == [(1, 16, 6, 6)] * 4  # 2 x 2 tiles of 6 cells over the 8 x 8 latent
+
+    results = run_bench(Options(bundles=[str(tiled_bundle)], repeats=1, teacher="estimate", diffusers=False,
+                                memory=False, prompts=(PROMPT,), e2e_steps=(4,)))
+    row = results["bundles"][0]
+    assert row["latency"]["components"]["vae_decoder"]["median"] > 0
+    assert 33.0 <= row["quality"]["psnr_db_min"] < 60.0, row["quality"]
