@@ -22,11 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-SEED = 0
-SHIFT = 3.0
+from flash_edge.memory import POLICIES
+
 from .real_scale import CLIP_G, CLIP_L, VAE  # the published configurations, in one place
 from .real_scale import TRANSFORMERS
 
+SEED = 0
+SHIFT = 3.0
 TRANSFORMER = TRANSFORMERS["sd35-medium"]
 PARTS = {  # folder -> (library, class)
     "transformer": ("diffusers", "SD3Transformer2DModel"), "vae": ("diffusers", "AutoencoderKL"),
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sd35m-full"))
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' pipeline baseline")
     p.add_argument("--prompts", help="flash-bench --prompts: a file of quality prompts (default: its 8)")
-    p.add_argument("--memory", nargs="+", default=["fast"], choices=("fast", "balanced", "low"),
+    p.add_argument("--memory", nargs="+", default=["fast"], choices=POLICIES,
                    help="memory policies to measure each bundle under (flash-bench --memory)")
     p.add_argument("--e2e-steps", nargs="+", default=["4"], help="flash-bench --e2e-steps (default: 4 only)")
     p.add_argument("--decode-tile", type=int, help="export with flash-export --decode-tile PIXELS (overlap: a third)")

@@ -11,6 +11,10 @@ A generation has three stages: encode (the text encoders), denoise (the transfor
   apple/ml-stable-diffusion calls ``reduceMemory``), so at most one stage's weights are resident. Backends
   are also opened with their low-memory settings (``low_memory=True``: ONNX Runtime without its memory arena,
   memory patterns or pre-packed weights). For phones. Costs a load of every component per image.
+* ``stream``: ``low``, and a component exported in chunks (``--chunks``) is streamed: each chunk is opened
+  just before it runs and released right after, at every step (``runtimes/chunked.StreamedChunks``), so one
+  chunk's weights are resident, not the transformer's. For the smallest phones. Costs a load of every chunk
+  per step (measured at real size in ``benchmarks/results/sd35m-full``).
 
 Releasing a session frees its memory to the C heap; on glibc the heap keeps much of it (measured: 0.4 GB of a
 0.6 GB transformer chunk stayed resident after its session was gone), so a release ends with
@@ -32,9 +36,17 @@ from typing import Iterator
 from .errors import InvalidInput
 from .spec import TEXT_ENCODERS
 
-POLICIES = ("fast", "balanced", "low")
+POLICIES = ("fast", "balanced", "low", "stream")
 RELEASED_AFTER_STAGE = {"fast": frozenset(), "balanced": frozenset(TEXT_ENCODERS),
                         "low": frozenset((*TEXT_ENCODERS, "transformer", "vae_decoder"))}
+RELEASED_AFTER_STAGE["stream"] = RELEASED_AFTER_STAGE["low"]
+
+
+def backend_options(policy: str) -> dict:
+    """The backend options a policy sets: ``low_memory`` (each backend's low-memory session settings) under
+    ``low`` and ``stream``, and ``stream_chunks`` under ``stream``."""
+    return {"low_memory": True, **({"stream_chunks": True} if policy == "stream" else {})} \
+        if policy in ("low", "stream") else {}
 
 
 @functools.lru_cache(maxsize=1)

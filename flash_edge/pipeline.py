@@ -17,7 +17,7 @@ from .bundle import Bundle
 from .conditioning import build_conditioning
 from .errors import GenerationError, InvalidInput
 from .image import to_pil
-from .memory import Components, check_policy
+from .memory import Components, backend_options, check_policy
 from .sampler import check_seed, sample
 from .spec import GenerationSpec
 from .tiling import decode_tiled
@@ -45,14 +45,14 @@ class FlashPipeline:
     def from_bundle(cls, path: str | Path, backend: str = "auto", backends: dict[str, str] | None = None,
                     verify: bool = True, memory: str = "fast", **options) -> "FlashPipeline":
         """Load a bundle. ``backend`` applies to every component unless ``backends`` names one for it;
-        ``memory``: ``fast`` (every component opened now and kept), ``balanced`` or ``low`` (see
+        ``memory``: ``fast`` (every component opened now and kept), ``balanced``, ``low`` or ``stream`` (see
         ``flash_edge.memory``); ``options`` go to the backends (e.g. ``threads``, ``providers``)."""
         from .runtimes import choose_backend
 
         check_policy(memory)
         bundle = Bundle.open(path, verify=verify)
         spec, entries = bundle.spec, bundle.components
-        options = {**options, "low_memory": True} if memory == "low" else options
+        options = {**options, **backend_options(memory)}
         openers, chosen = {}, {}
         for name in spec.components:
             cls_ = choose_backend(entries[name].target, (backends or {}).get(name, backend))

@@ -86,6 +86,12 @@ class Backend(ABC):
         """Load ``component`` of ``bundle`` (a ``flash_edge.bundle.Bundle``)."""
         return self.open(bundle.path, component, bundle.components[component])
 
+    def chained(self, entry: ComponentEntry, component: str, open_one) -> Session:
+        """``open_chained`` under this backend's options: chunks streamed when ``stream_chunks`` is set."""
+        from .chunked import open_chained  # chunked.py builds on this module's Session
+
+        return open_chained(entry, component, open_one, stream=bool(self.options.get("stream_chunks")))
+
     @abstractmethod
     def open(self, root: Path, component: str, entry: ComponentEntry) -> Session:
         """Load one artifact described by ``entry`` (paths relative to ``root``). Works on any artifact an

@@ -18,7 +18,6 @@ import numpy as np
 from ..errors import BundleError, InvalidInput
 from ..spec import ComponentSpec
 from .base import Backend, Session
-from .chunked import open_chained
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
@@ -68,5 +67,5 @@ class CoreMLBackend(Backend):
         units = self.options.get("compute_units") or entry.options.get("compute_units") or "CPU_AND_NE"
         if units not in COMPUTE_UNITS:
             raise InvalidInput(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, got {units!r}")
-        return open_chained(entry, component, lambda spec, program: CoreMLSession(
+        return self.chained(entry, component, lambda spec, program: CoreMLSession(
             spec, Path(root) / program.get("compiled", program["path"]), units))

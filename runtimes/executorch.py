@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..errors import BackendUnavailable, BundleError, first_line
 from .base import Backend, Session
-from .chunked import open_chained
 
 
 def set_threads(threads: int) -> int:
@@ -59,7 +58,7 @@ class ExecuTorchBackend(Backend):
         if self.options.get("threads"):
             set_threads(int(self.options["threads"]))
         method = entry.options.get("module_api", {}).get("method", "forward")
-        return open_chained(entry, component, lambda spec, program: _session(
+        return self.chained(entry, component, lambda spec, program: _session(
             runtime, Path(root), spec, program["path"], program.get("data_file"), method))
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from ..errors import BackendUnavailable, BundleError, InvalidInput
 from .base import Backend, Session
-from .chunked import open_chained
 
 SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider",
                "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
@@ -171,4 +170,4 @@ class OnnxBackend(Backend):
             session = open_session(root / program["path"], providers, options, data)
             return OnnxSession(spec, session, io_binding=bool(io_binding))
 
-        return open_chained(entry, component, one)
+        return self.chained(entry, component, one)

@@ -154,6 +154,41 @@ def test_onnx_chunked_image_passes_the_gate(b8c3):
     assert 45.0 <= value < 100.0, value
 
 
+def test_stream_opens_one_chunk_at_a_time_and_draws_the_same_image(b8c3):
+    """The ``stream`` policy: each chunk is opened just before it runs, the one before it already gone (weak
+    references: the session object is freed, not just forgotten), once per chunk per step; none survives the
+    run. int8 ONNX is bit-exact under the low-memory settings (tests/test_onnx.py), so the image is the same."""
+    import weakref
+
+    from flash_edge.runtimes.chunked import StreamedChunks
+
+    fast = FlashPipeline.from_bundle(b8c3, backend="onnx", memory="fast").generate(PROMPT, seed=SEED)
+    pipe = FlashPipeline.from_bundle(b8c3, backend="onnx", memory="stream")
+    refs, alive_at_open = [], []
+    opener = pipe.sessions._openers["transformer"]
+
+    def watched():
+        session = opener()
+        assert isinstance(session, StreamedChunks) and session.count == 3
+
+        def track(open_one):
+            def opened():
+                alive_at_open.append(sum(r() is not None for r in refs))
+                chunk = open_one()
+                refs.append(weakref.ref(chunk))
+                return chunk
+            return opened
+        session.openers = [track(o) for o in session.openers]
+        return session
+
+    pipe.sessions._openers["transformer"] = watched
+    image = pipe.generate(PROMPT, seed=SEED)
+    assert np.array_equal(image, fast)
+    steps = pipe.spec.sampler.steps
+    assert alive_at_open == [0] * (3 * steps)  # one chunk at a time, every step
+    assert [r() for r in refs] == [None] * (3 * steps) and pipe.sessions.open_names == []
+
+
 def test_onnx_chunks_option_errors(tmp_path, capsys):
     for bad, message in (("0", "--chunks must be at least 1"), ("two", "--chunks must be auto or a whole number"),
                          ("9", "--chunks must be from 1 to the transformer's 6 blocks")):

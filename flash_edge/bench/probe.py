@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from ..memory import POLICIES
 from ..errors import FlashError
 
 PROBE_PROMPT, PROBE_SEED = "a red circle above a blue square", 0
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m flash_edge.bench.probe", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True)
     p.add_argument("--backend", default="auto")
-    p.add_argument("--memory", default="fast", choices=("fast", "balanced", "low"))
+    p.add_argument("--memory", default="fast", choices=POLICIES)
     args = p.parse_args(argv)
     quiet_libraries()
     try:

@@ -6,6 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..memory import POLICIES
 from .common import Progress, make_parser, positive_int, quiet_libraries, run
 
 PROG = "flash-bench"
@@ -33,7 +34,7 @@ def parser():
                    help="run the 40-step CFG teacher setting, or estimate it from component times (default measure)")
     p.add_argument("--no-diffusers", dest="diffusers", action="store_false",
                    help="skip the diffusers StableDiffusion3Pipeline baseline")
-    p.add_argument("--memory", dest="memory_policies", nargs="+", choices=("fast", "balanced", "low"),
+    p.add_argument("--memory", dest="memory_policies", nargs="+", choices=POLICIES,
                    default=["fast"], help="memory policies to measure each bundle under, in the benchmark and the "
                    "memory probe (default fast; several give one row each, compared with the first)")
     p.add_argument("--no-memory-probe", "--no-memory", dest="memory", action="store_false",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..memory import POLICIES
 from .common import Progress, make_parser, positive_int, quiet_libraries, run
 
 PROG = "flash-generate"
@@ -24,10 +25,11 @@ def parser():
     p.add_argument("--steps", type=positive_int, help="with --model: sampler steps (1-8, default 4)")
     p.add_argument("--height", type=positive_int, help="with --model: image height")
     p.add_argument("--width", type=positive_int, help="with --model: image width")
-    p.add_argument("--memory", choices=("fast", "balanced", "low"), default="balanced",
+    p.add_argument("--memory", choices=POLICIES, default="balanced",
                    help="with --bundle: which components are resident when (default balanced: each opened at its "
                    "stage, text encoders released after encoding; low: every component released after its stage, "
-                   "for phones; fast: all opened at load)")
+                   "for phones; stream: low, and a chunked transformer opened one chunk at a time at every step, for the "
+                   "smallest phones; fast: all opened at load)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
