@@ -177,7 +177,8 @@ class CoreMLExporter(Exporter):
         bundle = Bundle.open(bundle_dir, verify=False)
         spec = bundle.spec
         sessions = {c: TorchSession(self._specs[c], self._torch_copy(c, weights[c])) for c in spec.components}
-        tokenizers = {c: PromptTokenizer.from_file(bundle.file(t.path) / "tokenizer.json", t.max_length, t.pad_id)
+        tokenizers = {c: PromptTokenizer.from_file(bundle.file(t.path) / "tokenizer.json", t.max_length, t.pad_id,
+                                                    specials=t.specials)
                       for c, t in spec.tokenizers.items()}
         return FlashPipeline(spec, sessions, tokenizers, info={"backends": {c: label for c in spec.components}})
 

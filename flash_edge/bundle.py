@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, contract
 from .atomic import BUNDLE_FORMAT
 from .confine import inside, stray_entries
 from .errors import BundleError
@@ -27,7 +27,8 @@ from .manifest import CODE_SUFFIXES, validate
 from .spec import ComponentSpec, GenerationSpec, TensorSpec
 
 FORMAT = BUNDLE_FORMAT
-FORMAT_VERSION = 1
+FORMAT_VERSION = contract.VERSION  # what this version writes
+READS = (1, FORMAT_VERSION)  # format 1: the same rules, without the app contract's keys in the manifest
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 IGNORED = frozenset({".DS_Store"})  # Finder's folder notes: never read, tolerated anywhere in a bundle
@@ -112,11 +113,11 @@ class Bundle:
             raise BundleError(f"{mf} is not a flash-edge manifest (format is {str(manifest.get('format'))[:80]!r})"
                               if isinstance(manifest, dict) else f"{mf} is not a flash-edge manifest")
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version not in READS:
             raise BundleError(
                 f"bundle {path} has format version {str(version)[:20]} (written by flash-edge "
-                f"{str(manifest.get('sdk_version', '?'))[:20]}); this flash-edge {__version__} reads version "
-                f"{FORMAT_VERSION}: export the bundle again with this version")
+                f"{str(manifest.get('sdk_version', '?'))[:20]}); this flash-edge {__version__} reads versions "
+                f"{' and '.join(map(str, READS))}: export the bundle again with this version")
         try:
             validate(manifest)
         except BundleError as e:

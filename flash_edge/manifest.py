@@ -11,9 +11,11 @@ type-checked only where the SDK reads them.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
+from . import contract
 from .configs import config_problem
 from .confine import relative_path
 from .conditioning import T5_MODES
@@ -100,12 +102,18 @@ def limited(d: dict, section: str, name: str, where: str | None = None) -> int:
 
 
 # --------------------------------------------------------------------------------------------- generation
-def check_generation(g) -> GenerationSpec:
-    g = only(obj(g, "generation"), "generation", ("image", "latent", "sampler", "text", "tokenizers", "decode"))
-    image = only(obj(field(g, "image", "generation"), "generation.image"), "generation.image", ("height", "width"))
+def check_generation(g, version: int = contract.VERSION) -> GenerationSpec:
+    """``version``: the manifest's format version; format 2 adds the app contract's keys (``contract.py``),
+    which must equal what the rest of ``generation`` implies; format 1 has none of them."""
+    v2 = version >= contract.VERSION
+    g = only(obj(g, "generation"), "generation", ("image", "latent", "sampler", "text", "tokenizers", "decode")
+             + (("conditioning",) if v2 else ()))
+    image = only(obj(field(g, "image", "generation"), "generation.image"), "generation.image",
+                 ("height", "width") + (("uint8",) if v2 else ()))
     height, width = (limited(image, "image", s, "generation.image") for s in ("height", "width"))
     lat = only(obj(field(g, "latent", "generation"), "generation.latent"), "generation.latent",
-               ("channels", "height", "width", "scaling_factor", "shift_factor", "vae_scale_factor", "patch_size"))
+               ("channels", "height", "width", "scaling_factor", "shift_factor", "vae_scale_factor", "patch_size")
+               + (("decoder_applies_scaling",) if v2 else ()))
     for name in ("channels", "vae_scale_factor", "patch_size"):
         limited(lat, "latent", name, "generation.latent")
     factor, patch = lat["vae_scale_factor"], lat["patch_size"]
@@ -118,13 +126,19 @@ def check_generation(g) -> GenerationSpec:
     number(field(lat, "shift_factor", "generation.latent"), "generation.latent.shift_factor", -1e3, 1e3)
     if "decode" in g:
         _check_decode(g["decode"], min(lat["height"], lat["width"]))
-    _check_sampler(obj(field(g, "sampler", "generation"), "generation.sampler"))
+    _check_sampler(obj(field(g, "sampler", "generation"), "generation.sampler"), v2)
     text = _check_text(obj(field(g, "text", "generation"), "generation.text"))
-    _check_tokenizers(obj(field(g, "tokenizers", "generation"), "generation.tokenizers"), text)
+    _check_tokenizers(obj(field(g, "tokenizers", "generation"), "generation.tokenizers"), text, v2)
+    if v2:
+        _equal(image, "uint8", contract.UINT8, "generation.image")
+        _equal(lat, "decoder_applies_scaling", True, "generation.latent")
     try:
         spec = GenerationSpec.from_dict(g)
     except FlashError as e:  # the dataclasses' own rules (strictly decreasing sigmas, ...)
         raise BundleError(f"manifest key generation is inconsistent: {e}") from None
+    if v2:
+        _equal(g, "conditioning", contract.conditioning(spec.text, "text_encoder_3" in spec.text_encoders),
+               "generation")
     for name, tensor in ((n, t) for c in spec.component_specs().values() for n, t in
                          ((c.name, t) for t in (*c.inputs, *c.outputs))):
         if math.prod(tensor.shape) > MAX_ELEMENTS:
@@ -140,13 +154,25 @@ def _check_decode(d, cells: int) -> None:
     integer(field(d, "overlap", key), f"{key}.overlap", 0, tile // 2)
 
 
-def _check_sampler(s: dict) -> None:
+def _equal(d: dict, name: str, expected, key: str) -> None:
+    """A derived key of the app contract: present and equal to what the manifest's own numbers imply."""
+    if field(d, name, key) != expected:
+        raise fail(f"{key}.{name}", f"must be {json.dumps(expected)[:300]} (the app contract, derived from the "
+                   f"rest of the manifest), got {json.dumps(d[name])[:300]}")
+
+
+def _check_sampler(s: dict, v2: bool) -> None:
     key = "generation.sampler"
-    only(s, key, ("sigmas", "rule", "timestep_scale", "shift", "guidance_scale", "noise", "steps", "timesteps"))
+    only(s, key, ("sigmas", "rule", "timestep_scale", "shift", "guidance_scale", "noise", "steps", "timesteps")
+         + (("initial_noise", "update", "guidance") if v2 else ()))
     sigmas = array(field(s, "sigmas", key), f"{key}.sigmas", 2, MAX_STEPS + 1)
     for i, v in enumerate(sigmas):
         number(v, f"{key}.sigmas[{i}]", 0.0, 1.0)
-    string(s.get("rule", "euler"), f"{key}.rule", STEP_RULES)
+    rule = string(s.get("rule", "euler"), f"{key}.rule", STEP_RULES)
+    if v2:
+        _equal(s, "initial_noise", contract.INITIAL_NOISE, key)
+        _equal(s, "update", contract.UPDATES[rule], key)
+        _equal(s, "guidance", contract.GUIDANCE, key)
     scale = number(s.get("timestep_scale", 1000.0), f"{key}.timestep_scale", 1e-3, 1e5)
     if s.get("shift") is not None:
         number(s["shift"], f"{key}.shift", 1e-3, 1e3)
@@ -181,7 +207,7 @@ def _check_text(t: dict) -> dict:
     return t
 
 
-def _check_tokenizers(toks: dict, text: dict) -> None:
+def _check_tokenizers(toks: dict, text: dict, v2: bool) -> None:
     wanted = ["text_encoder", "text_encoder_2"] + (["text_encoder_3"] if text["t5"] == "encoder" else [])
     if sorted(toks) != sorted(wanted):
         raise fail("generation.tokenizers", f"must have exactly {wanted}, got {sorted(toks)}")
@@ -195,7 +221,19 @@ def _check_tokenizers(toks: dict, text: dict) -> None:
             raise fail(f"{key}.max_length", f"({length}) must equal the text layout's token count ({expected})")
         vocab = limited(tok, "tokenizers", "vocab_size", key)
         integer(field(tok, "pad_id", key), f"{key}.pad_id", 0, vocab - 1)
-        only(tok, key, ("path", "max_length", "pad_id", "vocab_size"))
+        only(tok, key, ("path", "max_length", "pad_id", "vocab_size")
+             + (("special_prefix", "special_suffix", "truncation", "padding") if v2 else ()))
+        if v2:
+            specials = 0
+            for name in ("special_prefix", "special_suffix"):
+                ids = array(field(tok, name, key), f"{key}.{name}", 0, 4)
+                for i, v in enumerate(ids):
+                    integer(v, f"{key}.{name}[{i}]", 0, vocab - 1)
+                specials += len(ids)
+            if specials >= length:
+                raise fail(key, f"leaves no room for the prompt: {specials} special ids in max_length {length}")
+            _equal(tok, "truncation", contract.TRUNCATION, key)
+            _equal(tok, "padding", contract.PADDING, key)
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -319,7 +357,7 @@ def _check_chunks(chunks, key: str, name: str, spec: GenerationSpec, files: dict
 
 def validate(manifest: dict) -> GenerationSpec:
     """Check a parsed manifest whole (format and version are checked by the caller); returns its spec."""
-    spec = check_generation(field(manifest, "generation", ""))
+    spec = check_generation(field(manifest, "generation", ""), manifest.get("format_version", contract.VERSION))
     files = check_files_table(field(manifest, "files", ""))
     components = obj(field(manifest, "components", ""), "components")
     if sorted(components) != sorted(spec.components):

@@ -60,7 +60,7 @@ class FlashPipeline:
             chosen[name] = cls_.name
         sessions = Components(openers, memory)
         tokenizers = {c: PromptTokenizer.from_file(bundle.file(f"{t.path}/tokenizer.json"), t.max_length, t.pad_id,
-                                                   t.vocab_size)
+                                                   t.vocab_size, t.specials)
                       for c, t in spec.tokenizers.items()}
         model = bundle.manifest.get("model", {}).get("name", "?")
         return cls(spec, sessions, tokenizers,
@@ -87,7 +87,8 @@ class FlashPipeline:
 
         wrappers = wrappers or build_wrappers(model, spec.components)
         sessions = reference_sessions(wrappers, spec.component_specs())
-        tokenizers = {c: PromptTokenizer(model.tokenizer(c).backend_tokenizer, t.max_length, t.pad_id)
+        tokenizers = {c: PromptTokenizer(model.tokenizer(c).backend_tokenizer, t.max_length, t.pad_id,
+                                          specials=t.specials)
                       for c, t in spec.tokenizers.items()}
         return cls(spec, sessions, tokenizers,
                    info={"model": model.name, "backends": {c: "torch" for c in spec.components}})

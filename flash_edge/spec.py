@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import contract
 from .conditioning import TextLayout
 from .errors import BundleError
 from .sampler import SamplerConfig
@@ -133,6 +134,26 @@ class TokenizerSpec:
     max_length: int
     pad_id: int
     vocab_size: int
+    # the ids the tokenizer puts before (CLIP: BOS) and after (EOS) every prompt's; None in format 1 bundles
+    special_prefix: tuple[int, ...] | None = None
+    special_suffix: tuple[int, ...] | None = None
+
+    @property
+    def specials(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        return None if self.special_prefix is None else (self.special_prefix, self.special_suffix or ())
+
+    def to_dict(self) -> dict:
+        d = {"path": self.path, "max_length": self.max_length, "pad_id": self.pad_id, "vocab_size": self.vocab_size}
+        if self.special_prefix is not None:
+            d.update(special_prefix=list(self.special_prefix), special_suffix=list(self.special_suffix or ()),
+                     truncation=contract.TRUNCATION, padding=contract.PADDING)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerSpec":
+        specials = {k: tuple(d[k]) for k in ("special_prefix", "special_suffix") if k in d}
+        return cls(path=d["path"], max_length=d["max_length"], pad_id=d["pad_id"], vocab_size=d["vocab_size"],
+                   **specials)
 
 
 @dataclass(frozen=True)
@@ -187,14 +208,21 @@ class GenerationSpec:
         raise KeyError(f"unknown component {name!r}")
 
     def to_dict(self) -> dict:
-        return {"image": {"height": self.height, "width": self.width},
-                "latent": asdict(self.latent), "sampler": self.sampler.to_dict(), "text": self.text.to_dict(),
-                "tokenizers": {k: asdict(v) for k, v in self.tokenizers.items()},
-                **({"decode": asdict(self.decode)} if self.decode.tiled else {})}  # absent: untiled (format 1)
+        """The manifest's ``generation`` (format 2: with the app contract's keys, ``flash_edge/contract.py``)."""
+        return {"image": {"height": self.height, "width": self.width, "uint8": contract.UINT8},
+                "latent": {**asdict(self.latent), "decoder_applies_scaling": True},
+                "sampler": {**self.sampler.to_dict(), "initial_noise": contract.INITIAL_NOISE,
+                            "update": contract.UPDATES[self.sampler.rule], "guidance": contract.GUIDANCE},
+                "text": self.text.to_dict(),
+                "conditioning": contract.conditioning(self.text, "text_encoder_3" in self.text_encoders),
+                "tokenizers": {k: v.to_dict() for k, v in self.tokenizers.items()},
+                **({"decode": asdict(self.decode)} if self.decode.tiled else {})}  # absent: untiled
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationSpec":
-        return cls(height=d["image"]["height"], width=d["image"]["width"], latent=LatentSpec(**d["latent"]),
+        """From a validated manifest's ``generation`` (format 1 or 2; the contract's keys are derived, not read)."""
+        latent = {k: v for k, v in d["latent"].items() if k != "decoder_applies_scaling"}
+        return cls(height=d["image"]["height"], width=d["image"]["width"], latent=LatentSpec(**latent),
                    sampler=SamplerConfig.from_dict(d["sampler"]), text=TextLayout.from_dict(d["text"]),
-                   tokenizers={k: TokenizerSpec(**v) for k, v in d["tokenizers"].items()},
+                   tokenizers={k: TokenizerSpec.from_dict(v) for k, v in d["tokenizers"].items()},
                    decode=DecodeSpec(**d.get("decode", {})))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import special_tokens
 from .errors import BundleError, InvalidInput, first_line
 
 
@@ -29,20 +30,31 @@ def check_prompt(prompt, allow_empty: bool = False) -> str:
 
 
 class PromptTokenizer:
-    def __init__(self, tokenizer, max_length: int, pad_id: int, vocab_size: int | None = None):
+    def __init__(self, tokenizer, max_length: int, pad_id: int, vocab_size: int | None = None,
+                 specials: tuple[tuple[int, ...], tuple[int, ...]] | None = None):
         """``tokenizer``: a ``tokenizers.Tokenizer`` (copied, then set to pad/truncate to ``max_length``);
-        ``vocab_size``: the text encoder's embedding rows; an id at or past it is a ``BundleError``."""
+        ``vocab_size``: the text encoder's embedding rows; an id at or past it is a ``BundleError``;
+        ``specials``: the manifest's (special_prefix, special_suffix), which the tokenizer must add (the app
+        contract states them so that apps need not read tokenizer.json's post-processor); a tokenizer that adds
+        others is a ``BundleError``."""
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_str(tokenizer.to_str())
         self._tok.no_padding()
+        self._tok.no_truncation()
+        if specials is not None:
+            found = special_tokens(lambda text: self._tok.encode(text).ids)
+            if found != (tuple(specials[0]), tuple(specials[1])):
+                raise BundleError(f"tokenizer.json adds the special ids {list(found[0])} before and "
+                                  f"{list(found[1])} after a prompt, the manifest says {list(specials[0])} and "
+                                  f"{list(specials[1])}: the tokenizer does not belong to this bundle")
         self._tok.enable_truncation(max_length)
         self._tok.enable_padding(length=max_length, pad_id=pad_id)
         self.max_length, self.vocab_size = max_length, vocab_size
 
     @classmethod
-    def from_file(cls, tokenizer_json: str | Path, max_length: int, pad_id: int,
-                  vocab_size: int | None = None) -> "PromptTokenizer":
+    def from_file(cls, tokenizer_json: str | Path, max_length: int, pad_id: int, vocab_size: int | None = None,
+                  specials: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> "PromptTokenizer":
         try:
             from tokenizers import Tokenizer
         except ImportError as e:  # a core dependency; only a broken install lands here
@@ -54,7 +66,7 @@ class PromptTokenizer:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise BundleError(f"cannot read tokenizer file {path}: {first_line(e)}") from None
-        return cls(tok, max_length, pad_id, vocab_size)
+        return cls(tok, max_length, pad_id, vocab_size, specials)
 
     def __call__(self, prompt: str) -> np.ndarray:
         """int64 ids of shape (1, max_length). A blank prompt is allowed (the negative prompt)."""

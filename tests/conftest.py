@@ -96,6 +96,26 @@ def truncated_artifact_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def et_int8_bundle(tmp_path_factory, tiny_dir) -> Path:
+    """``flash-export --target executorch`` (int8 is its default precision): shared by the ExecuTorch and the
+    native-runner tests."""
+    from flash_edge.cli.export import main
+
+    out = tmp_path_factory.mktemp("executorch") / "E8"
+    assert main(["--quiet", "--target", "executorch", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def et_fp32_bundle(tmp_path_factory, tiny_dir) -> Path:
+    from flash_edge.cli.export import main
+
+    out = tmp_path_factory.mktemp("executorch") / "E32"
+    assert main(["--quiet", "--target", "executorch", "--precision", "fp32", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def onnx_fp32_bundle(tmp_path_factory, tiny_dir) -> Path:
     from flash_edge.export import export_bundle
 

@@ -76,7 +76,7 @@ def test_console_scripts_are_installed_and_show_an_example():
 
 def test_manifest_records_every_constant(torch_bundle, tiny_dir):
     m = json.loads((torch_bundle / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["target"] == "torch" and m["parity"]["status"] == "passed"
+    assert m["format_version"] == 2 and m["target"] == "torch" and m["parity"]["status"] == "passed"
     g = m["generation"]
     vae = json.loads((tiny_dir / "vae" / "config.json").read_text())  # fitted on the training data, not 1 and 0
     assert vae["scaling_factor"] != 1.0 and vae["shift_factor"] != 0.0
@@ -190,7 +190,8 @@ def _edit_manifest(bundle: Path, **changes) -> None:
 
 
 @pytest.mark.parametrize("break_it,pattern", [
-    (lambda b: _edit_manifest(b, format_version=2), r"has format version 2 .*reads version 1: export the bundle again"),
+    (lambda b: _edit_manifest(b, format_version=3),
+     r"has format version 3 .*reads versions 1 and 2: export the bundle again"),
     (lambda b: (b / "manifest.json").write_text("{oops"), r"manifest.json is not valid JSON"),
     (lambda b: (b / "manifest.json").unlink(), r"is not a flash-edge bundle: it has no manifest.json"),
     (lambda b: (b / "transformer" / "config.json").unlink(), r"bundle file .*transformer/config.json is missing"),
@@ -209,3 +210,16 @@ def test_broken_bundles_are_refused(bundle_copy, tmp_path, break_it, pattern):
 def test_missing_bundle(tmp_path):
     code, err = run_cli(generate_cli.main, "--bundle", tmp_path / "nope", "--prompt", "x", "--out", tmp_path / "x.png")
     assert_one_line_error(code, err, r"does not exist or is not a directory")
+
+
+@pytest.mark.parametrize("command", ["export", "generate", "bench"])
+def test_every_command_says_its_version(command, capsys):
+    import importlib
+
+    from flash_edge import __version__
+
+    main = importlib.import_module(f"flash_edge.cli.{command}").main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"flash-{command} (flash-edge {__version__})"

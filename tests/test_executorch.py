@@ -32,21 +32,14 @@ def _manifest(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory, tiny_dir) -> Path:
-    return tmp_path_factory.mktemp("executorch")
+@pytest.fixture
+def e8(et_int8_bundle) -> Path:
+    return et_int8_bundle
 
 
-@pytest.fixture(scope="module")
-def e8(bundles) -> Path:
-    assert _cli_export("--target", "executorch", "--out", bundles / "E8") == 0  # int8 is the default precision
-    return bundles / "E8"
-
-
-@pytest.fixture(scope="module")
-def e32(bundles) -> Path:
-    assert _cli_export("--target", "executorch", "--precision", "fp32", "--out", bundles / "E32") == 0
-    return bundles / "E32"
+@pytest.fixture
+def e32(et_fp32_bundle) -> Path:
+    return et_fp32_bundle
 
 
 @pytest.fixture(scope="module")

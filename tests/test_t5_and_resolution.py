@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from flash_edge import contract
 from flash_edge.errors import InvalidInput
 from flash_edge.metrics import psnr
 from flash_edge.pipeline import FlashPipeline
@@ -105,7 +106,7 @@ def sized_bundles(tmp_path_factory, tiny_dir):
 def test_bundles_at_several_sizes_from_one_model(sized_bundles):
     for (h, w), path in sized_bundles.items():
         manifest = json.loads((path / "manifest.json").read_text())
-        assert manifest["generation"]["image"] == {"height": h, "width": w}
+        assert manifest["generation"]["image"] == {"height": h, "width": w, "uint8": contract.UINT8}
         comps = manifest["components"]
         assert comps["transformer"]["inputs"][0]["shape"] == [1, 16, h // 8, w // 8]
         assert comps["vae_decoder"]["outputs"][0]["shape"] == [1, 3, h, w]

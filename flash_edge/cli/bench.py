@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..memory import POLICIES
-from .common import Progress, make_parser, positive_int, quiet_libraries, run
+from .common import Progress, integer_arg, make_parser, quiet_libraries, run
 
 PROG = "flash-bench"
 OUTPUTS = ("results.json", "results.md", "latency.png", "quality.png")
@@ -21,10 +21,10 @@ def parser():
                     "flash-bench --bundle bundles/tiny-torch --bundle bundles/tiny-onnx --out bench/ --repeats 5")
     p.add_argument("--bundle", action="append", required=True, help="a bundle directory (repeat for several)")
     p.add_argument("--out", required=True, help="directory for the results (created; files in it are replaced)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="measured runs per timing after one warm-up "
+    p.add_argument("--repeats", type=integer_arg, default=3, help="measured runs per timing after one warm-up "
                    "(default 3)")
-    p.add_argument("--height", type=positive_int, help="expected image height: every bundle must have it")
-    p.add_argument("--width", type=positive_int, help="expected image width: every bundle must have it")
+    p.add_argument("--height", type=integer_arg, help="expected image height: every bundle must have it")
+    p.add_argument("--width", type=integer_arg, help="expected image width: every bundle must have it")
     p.add_argument("--backend", default="auto", help="backend for every bundle: auto (default) or a registered one")
     p.add_argument("--model", help="the bundles' source model ('tiny' or a diffusers folder), when the path in "
                    "their manifest is not on this machine")
@@ -39,7 +39,7 @@ def parser():
                    "memory probe (default fast; several give one row each, compared with the first)")
     p.add_argument("--no-memory-probe", "--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process cold-load and peak-memory probe")
-    p.add_argument("--e2e-steps", type=positive_int, nargs="+", default=[1, 2, 4], metavar="N",
+    p.add_argument("--e2e-steps", type=integer_arg, nargs="+", default=[1, 2, 4], metavar="N",
                    help="step counts timed end to end (default 1 2 4; each bundle's own count is always timed)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p

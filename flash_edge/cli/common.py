@@ -23,11 +23,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str, example: str) -> Parser:
-    return Parser(prog=prog, description=description, epilog=f"example:\n  {example}",
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .. import __version__
+
+    parser = Parser(prog=prog, description=description, epilog=f"example:\n  {example}",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{prog} (flash-edge {__version__})")
+    return parser
 
 
-def positive_int(text: str) -> int:
+def integer_arg(text: str) -> int:
+    """An integer argument; its range (seed 0..2^64-1, steps 1..8, sizes, ...) is checked by the API it feeds,
+    which says the rule in its message."""
     try:
         return int(text)
     except ValueError:

@@ -6,7 +6,7 @@ import argparse
 
 import sys
 
-from .common import Progress, make_parser, positive_int, quiet_libraries, run
+from .common import Progress, integer_arg, make_parser, quiet_libraries, run
 
 PROG = "flash-export"
 TARGETS = ("torch", "onnx", "coreml", "executorch")
@@ -22,14 +22,14 @@ def parser():
                    "scheduler (default: the checkpoint's own folder)")
     p.add_argument("--out", required=True, help="bundle directory to write (must not exist, unless --force)")
     p.add_argument("--precision", help="per target: torch fp32|bf16|fp16 (more with each target)")
-    p.add_argument("--steps", type=positive_int, help="sampler steps baked into the bundle (1-8; default 4, or as many "
+    p.add_argument("--steps", type=integer_arg, help="sampler steps baked into the bundle (1-8; default 4, or as many "
                    "as --sigmas make)")
     p.add_argument("--sigmas", type=float, nargs="+", help="explicit sigmas (the student's schedule) instead of "
                    "the model scheduler's shift; a final 0 is appended")
     p.add_argument("--rule", choices=("euler", "renoise"), default="euler", help="sampler step rule")
-    p.add_argument("--height", type=positive_int, help="image height (default: the model's native size)")
-    p.add_argument("--width", type=positive_int, help="image width (default: the model's native size)")
-    p.add_argument("--decode-tile", type=positive_int, metavar="PIXELS",
+    p.add_argument("--height", type=integer_arg, help="image height (default: the model's native size)")
+    p.add_argument("--width", type=integer_arg, help="image width (default: the model's native size)")
+    p.add_argument("--decode-tile", type=integer_arg, metavar="PIXELS",
                    help="decode in overlapping square tiles of this many pixels (a multiple of the VAE factor, 8): "
                    "the decoder's memory follows the tile, not the image; costs time and some fidelity, "
                    "measured into the manifest's parity.decode_tiling (default: one pass)")
@@ -38,7 +38,7 @@ def parser():
     t5 = p.add_mutually_exclusive_group()
     t5.add_argument("--t5", dest="t5", action="store_true", help="export the T5 encoder too")
     t5.add_argument("--no-t5", dest="t5", action="store_false", help="drop T5; zeros of its shape (default)")
-    p.add_argument("--t5-tokens", type=positive_int, default=None,
+    p.add_argument("--t5-tokens", type=integer_arg, default=None,
                    help="T5 token slots in the text sequence (default: the model's flash_edge.json, else 256 as "
                    "diffusers; 0 drops them: 77 tokens)")
     p.add_argument("--skip-parity", action="store_true", help="write the bundle even if it fails the parity gate "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..memory import POLICIES
-from .common import Progress, make_parser, positive_int, quiet_libraries, run
+from .common import Progress, integer_arg, make_parser, quiet_libraries, run
 
 PROG = "flash-generate"
 
@@ -20,11 +20,11 @@ def parser():
     p.add_argument("--config", help="with a single-file --model: its diffusers config folder (default: its own folder)")
     p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=positive_int, default=0, help="noise seed, 0 to 2**64-1 (default 0)")
+    p.add_argument("--seed", type=integer_arg, default=0, help="noise seed, 0 to 2**64-1 (default 0)")
     p.add_argument("--backend", default="auto", help="auto|torch|onnx|coreml|executorch (default auto)")
-    p.add_argument("--steps", type=positive_int, help="with --model: sampler steps (1-8, default 4)")
-    p.add_argument("--height", type=positive_int, help="with --model: image height")
-    p.add_argument("--width", type=positive_int, help="with --model: image width")
+    p.add_argument("--steps", type=integer_arg, help="with --model: sampler steps (1-8, default 4)")
+    p.add_argument("--height", type=integer_arg, help="with --model: image height")
+    p.add_argument("--width", type=integer_arg, help="with --model: image width")
     p.add_argument("--memory", choices=POLICIES, default="balanced",
                    help="with --bundle: which components are resident when (default balanced: each opened at its "
                    "stage, text encoders released after encoding; low: every component released after its stage, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..contract import special_tokens
 from ..conditioning import TextLayout
 from ..errors import InvalidInput
 from ..sampler import SamplerConfig, check_steps
@@ -108,8 +109,10 @@ def generation_spec(model: SD3Model, height: int | None = None, width: int | Non
         if comp != "text_encoder_3" and max_length != 77:
             raise InvalidInput(f"{model.tokenizer_dirs[comp]} has model_max_length {max_length}; SD3's CLIP "
                                f"tokenizers use 77")
+        prefix, suffix = special_tokens(lambda text: tok(text, truncation=False)["input_ids"])
         tokenizers[comp] = TokenizerSpec(path=model.tokenizer_dirs[comp].name, max_length=max_length,
-                                         pad_id=int(tok.pad_token_id), vocab_size=len(tok))
+                                         pad_id=int(tok.pad_token_id), vocab_size=len(tok),
+                                         special_prefix=tuple(map(int, prefix)), special_suffix=tuple(map(int, suffix)))
     latent = LatentSpec(channels=tcfg.in_channels, height=height // vae_factor, width=width // vae_factor,
                         scaling_factor=float(vcfg.scaling_factor), shift_factor=float(vcfg.shift_factor or 0.0),
                         vae_scale_factor=vae_factor, patch_size=tcfg.patch_size)
