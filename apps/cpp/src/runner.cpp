@@ -2,10 +2,14 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/platform/platform.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "error.h"
@@ -110,6 +114,23 @@ class Loaded {
   std::unique_ptr<Module> module_;
 };
 
+// ExecuTorch's log: errors only (its start-up info lines would break one-line errors and clutter stderr);
+// FLASH_EDGE_EXECUTORCH_LOG=1 passes everything through.
+void emit_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
+              const char* message, size_t length) {
+  static const bool all = std::getenv("FLASH_EDGE_EXECUTORCH_LOG") != nullptr;
+  if (all || level == kError || level == kFatal)
+    std::fprintf(stderr, "executorch %c %s:%zu] %.*s\n", static_cast<char>(level), filename, line,
+                 static_cast<int>(length), message);
+}
+
+void quiet_executorch_log() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_log, __FILE__));
+  });
+}
+
 void check_finite(const std::vector<float>& v, const std::string& what) {
   for (float x : v)
     if (!std::isfinite(x))
@@ -143,6 +164,7 @@ struct Runner::Conditioning {
 
 Runner::Runner(const std::string& bundle, RunnerOptions options)
     : bundle_(bundle), options_(options), manifest_(read_manifest(bundle, options.verify_hashes)) {
+  quiet_executorch_log();
   for (const auto& [component, rules] : manifest_.tokenizers)
     tokenizers_[component] = std::make_unique<ClipTokenizer>(bundle_file(bundle_, rules.path));
   for (const auto& [component, rules] : manifest_.tokenizers) {
