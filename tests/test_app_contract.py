@@ -65,8 +65,12 @@ class Client:
         g = self.m["generation"]
         self.sessions = {name: ort.InferenceSession(str(bundle / c["path"]), providers=["CPUExecutionProvider"])
                          for name, c in self.m["components"].items()}
-        self.tokenizers = {name: (Tokenizer.from_file(str(bundle / t["path"] / "tokenizer.json")), t)
-                           for name, t in g["tokenizers"].items()}
+        self.tokenizers = {}
+        for name, t in g["tokenizers"].items():
+            tok = Tokenizer.from_file(str(bundle / t["path"] / "tokenizer.json"))
+            tok.no_padding()  # the file may carry its own padding/truncation blocks: the manifest's rules apply
+            tok.no_truncation()
+            self.tokenizers[name] = (tok, t)
         assert g["latent"]["decoder_applies_scaling"] is True  # so no scaling or shift here
 
     def run(self, name: str, **feeds) -> dict:
