@@ -91,6 +91,10 @@ class Exporter(ABC):
     def export_component(self, name: str, module, spec: ComponentSpec, root: Path) -> Artifact:
         """Write ``name``'s artifact under ``root`` (the bundle's temporary directory)."""
 
+    def extra_phase(self) -> str:
+        """What ``manifest_extra`` spends its time on, for the progress line ("" when it takes no time)."""
+        return ""
+
     def manifest_extra(self) -> dict:
         """Bundle-level facts this target adds to the manifest under its own key (after all components
         were exported), e.g. the execution providers an fp16 ONNX bundle is meant for."""

@@ -9,6 +9,8 @@ from typing import Callable
 from ..atomic import atomic_directory, check_output_path, ensure_apart
 from ..bundle import write_manifest
 from ..errors import ExportError
+from ..quiet import quiet
+from ..sampler import check_steps
 from ..versions import package_versions, python_version
 from .parity import run_gate
 
@@ -40,12 +42,14 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     from ..components import build_wrappers
     from ..models import load_model
     from ..models.loading import source_paths
-    from ..models.generation import generation_spec
+    from ..models.generation import generation_spec, warn_out_of_range
     from ..pipeline import FlashPipeline
     from . import get_exporter
 
     say = progress or (lambda msg: None)
     exporter = get_exporter(target, precision, **target_options)  # bad target/precision fail before any work
+    if steps is not None:
+        check_steps(steps)  # a bundle is a few-step sampler (1..MAX_STEPS); fail before loading anything
     out = check_output_path(out, force)
     ensure_apart(out, source_paths(source, config))
     with atomic_directory(out, force) as tmp:  # holds --out's lock from here: a second writer fails at once
@@ -53,13 +57,16 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
         model = load_model(source, t5=t5, config=config)
         spec = generation_spec(model, height, width, steps=steps, rule=rule, sigmas=sigmas,
                                t5_tokens=t5_tokens, decode_tile=decode_tile, decode_overlap=decode_overlap)
+        check_steps(spec.sampler.steps)  # explicit --sigmas, or the model's own default
+        warnings = warn_out_of_range(model, spec)  # kept in the manifest too: an app sees what it was given
         specs = spec.component_specs()
         wrappers = build_wrappers(model, spec.components)
         _write_tokenizers(model, spec, tmp)
         entries = {}
         for i, name in enumerate(spec.components, 1):
             say(f"[{i}/{len(specs)}] {name}: exporting to {target} {exporter.precision}")
-            artifact = exporter.export_component(name, wrappers[name], specs[name], tmp)
+            with quiet(native=True):  # the exporters' own logs and warnings (FLASH_EDGE_LIBRARY_LOGS=1 shows them)
+                artifact = exporter.export_component(name, wrappers[name], specs[name], tmp)
             entries[name] = artifact.entry(target, specs[name])
         provenance = {
             "model": {"name": model.name, "source": str(model.path),
@@ -70,7 +77,6 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
                       **package_versions(exporter.packages), "python": python_version()},
         }
         write_manifest(tmp, spec, entries, hash_files=False, **provenance)
-        warnings = []
         if skip_parity:
             parity = {"status": "skipped"}
             warnings.append("PARITY GATE SKIPPED (--skip-parity): this bundle was not checked against the "
@@ -78,13 +84,17 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
         else:
             say("parity gate: comparing with the PyTorch reference")
             reference = FlashPipeline.reference(model, spec, wrappers)
-            parity = run_gate(exporter, reference, tmp, specs)
+            with quiet(native=True):
+                parity = run_gate(exporter, reference, tmp, specs)
             if spec.decode.tiled:
                 parity["decode_tiling"] = tiling_error(model, spec, reference, wrappers)
             if parity["status"] == "not run":
                 warnings.append(f"parity gate not run here: {parity['reason']}")
+        if exporter.extra_phase():
+            say(exporter.extra_phase())
+        with quiet(native=True):
+            extra = exporter.manifest_extra()
         say("writing manifest (hashing files)")
-        extra = exporter.manifest_extra()
         write_manifest(tmp, spec, entries, **provenance, **({target: extra} if extra else {}), parity=parity,
                        warnings=warnings)
     say(f"wrote {out}")

@@ -226,6 +226,9 @@ class CoreMLExporter(Exporter):
                          **{f"{c}_psnr_db": round(r["psnr_db"], 2) for c, r in comps.items()}}
         return out
 
+    def extra_phase(self) -> str:
+        return "palettization quality sweep: the gate image at each bit width, PyTorch fp16" if self._sweep_wanted() else ""
+
     def manifest_extra(self) -> dict:
         extra = {"deployment_target": self.deployment_target, "compute_units": self.compute_units,
                  "chunks": len(self._parts.get("transformer", ())) or 1, "palettization": self.policy.describe(),

@@ -37,6 +37,11 @@ class ParityError(ExportError):
     """An exported artifact does not reproduce the PyTorch reference within the gate."""
 
 
+class OutOfRangeWarning(UserWarning):
+    """A setting the model was not trained for (another image size or step count): it runs, and may draw badly.
+    Warned in one line, never refused."""
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of ``e``'s message (cut at ``limit`` characters), or its type's name if it has none:
     what a one-line error quotes of a library's exception."""

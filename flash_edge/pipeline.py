@@ -74,10 +74,12 @@ class FlashPipeline:
         ``spec_options``: ``height``, ``width``, ``steps``, ``rule``, ``sigmas``, ``t5_tokens``, ``guidance_scale``.
         """
         from .models import load_model
-        from .models.generation import generation_spec
+        from .models.generation import generation_spec, warn_out_of_range
 
         model = load_model(source, t5=t5, config=config)
-        return cls.reference(model, generation_spec(model, **spec_options))
+        spec = generation_spec(model, **spec_options)
+        warn_out_of_range(model, spec)
+        return cls.reference(model, spec)
 
     @classmethod
     def reference(cls, model, spec: GenerationSpec, wrappers: dict | None = None) -> "FlashPipeline":

@@ -23,7 +23,8 @@ import numpy as np
 from .errors import GenerationError, InvalidInput
 
 STEP_RULES = ("euler", "renoise")
-MIN_STEPS, MAX_STEPS = 1, 8
+MIN_STEPS, MAX_STEPS = 1, 8  # a bundle's few-step sampler (export and manifest validation)
+MAX_SAMPLER_STEPS = 1000  # the sampler itself: a teacher's 40 steps run through the same loop
 NOISE_GENERATOR = "splitmix64-boxmuller-v1"
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -87,7 +88,7 @@ def flow_sigmas(steps: int, shift: float = 3.0, num_train_timesteps: int = 1000)
     Follows diffusers exactly, float32 roundings included: the training grid is shifted in float32, its
     smallest sigma bounds a float64 linspace, which is shifted again and rounded to float32.
     """
-    check_steps(steps)
+    check_steps(steps, MAX_SAMPLER_STEPS)
     train_t = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1]
     train_sigmas = shift_sigmas(train_t / np.float32(num_train_timesteps), np.float32(shift)).astype(np.float32)
     sigma_max, sigma_min = float(train_sigmas[0]), float(train_sigmas[-1])
@@ -96,14 +97,17 @@ def flow_sigmas(steps: int, shift: float = 3.0, num_train_timesteps: int = 1000)
     return np.append(sigmas, np.float32(0.0))
 
 
-def check_steps(steps: int) -> None:
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not MIN_STEPS <= steps <= MAX_STEPS:
-        raise InvalidInput(f"steps must be an integer from {MIN_STEPS} to {MAX_STEPS}, got {steps!r}")
+def check_steps(steps: int, limit: int = MAX_STEPS) -> None:
+    """``steps`` is an integer from 1 to ``limit``: ``MAX_STEPS`` for a bundle (few-step students), ``MAX_SAMPLER_STEPS``
+    for the sampler itself (a reference or teacher run)."""
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not MIN_STEPS <= steps <= limit:
+        raise InvalidInput(f"steps must be an integer from {MIN_STEPS} to {limit}, got {steps!r}")
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Everything the sampling loop needs; stored verbatim in a bundle's manifest."""
+    """Everything the sampling loop needs; stored verbatim in a bundle's manifest. Any step count runs (a teacher's
+    40 steps too); a bundle holds at most ``MAX_STEPS`` (checked where bundles are written and read)."""
 
     sigmas: tuple[float, ...]  # steps + 1 values, strictly decreasing, ending at 0
     rule: str = "euler"
@@ -114,7 +118,7 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         sig = np.asarray(self.sigmas, dtype=np.float64)
-        check_steps(len(sig) - 1)
+        check_steps(len(sig) - 1, MAX_SAMPLER_STEPS)
         for name in ("timestep_scale", "guidance_scale") + (("shift",) if self.shift is not None else ()):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value < 0:

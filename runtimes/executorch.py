@@ -47,7 +47,13 @@ class ExecuTorchBackend(Backend):
         return None
 
     def open(self, root, component, entry):
+        from ..quiet import quiet
+
         self.require()
+        with quiet(native=True, hf_libraries=False):  # torchao's import notices, the runtime's cpuinfo lines on fd 2
+            return self._open(root, component, entry)
+
+    def _open(self, root, component, entry):
         from executorch.runtime import Runtime
 
         runtime = Runtime.get()

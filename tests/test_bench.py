@@ -126,19 +126,17 @@ def test_peak_rss_sees_a_transient_allocation_and_resets():
     assert idle.peak - idle.before < 50e6, (idle.method, idle.record())
 
 
-def test_teacher_loop_equals_the_pipelines_cfg_sampler(tiny_dir):
-    """The teacher loop (used past the few-step limit) is the pipeline's own CFG Euler sampling: at 3 steps
-    it gives the same image as FlashPipeline with steps=3, guidance 4.5 (itself equal to diffusers)."""
+def test_teacher_setting_is_the_pipelines_cfg_sampler(tiny_dir):
+    """The teacher setting (40 steps, past a bundle's few-step limit) runs through the pipeline's own sampler:
+    the same image as FlashPipeline built with that many steps and that guidance (itself equal to diffusers)."""
     from flash_edge.pipeline import FlashPipeline
-    from flash_edge.sampler import flow_sigmas
 
-    for n in (1, 3, 8):
-        np.testing.assert_array_equal(latency.teacher_sigmas(n), flow_sigmas(n))
-    assert latency.teacher_sigmas().shape == (latency.TEACHER_STEPS + 1,)
-    pipe = FlashPipeline.from_model(tiny_dir, steps=3, guidance_scale=4.5)
-    expected = pipe.generate("a green triangle", seed=0, negative_prompt="")
-    got = latency.teacher_generate(pipe, "a green triangle", seed=0, steps=3, guidance=4.5)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    student = FlashPipeline.from_model(tiny_dir)
+    for steps in (3, latency.TEACHER_STEPS):
+        expected = FlashPipeline.from_model(tiny_dir, steps=steps, guidance_scale=4.5).generate("a green triangle", 0)
+        got = latency.teacher_generate(student, "a green triangle", seed=0, steps=steps, guidance=4.5)
+        # two loads of the same weights: oneDNN's summation order follows memory alignment (see below)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_with_steps_rebuilds_the_schedule_from_the_bundles_shift(torch_bundle, tiny_dir):

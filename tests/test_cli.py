@@ -157,11 +157,39 @@ def test_generate_bad_input(torch_bundle, tmp_path, argv, pattern):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("steps", [0, 9])
+@pytest.mark.parametrize("steps", [0, 1001])
 def test_generate_model_steps_out_of_range(tmp_path, steps):
     code, err = run_cli(generate_cli.main, "--model", "tiny", "--prompt", "x", "--steps", steps,
                         "--out", tmp_path / "x.png")
-    assert_one_line_error(code, err, rf"steps must be an integer from 1 to 8, got {steps}")
+    assert_one_line_error(code, err, rf"steps must be an integer from 1 to 1000, got {steps}")
+
+
+def test_settings_outside_training_warn_in_one_line_and_still_run(tmp_path):
+    """tiny's flash_edge.json says 4 steps at 64x64: 2 steps, or 128x128, are warned about (one line each,
+    also with --quiet), not refused; the export's manifest keeps the warning."""
+    out = tmp_path / "two.png"
+    code, err = run_cli(generate_cli.main, "--model", "tiny", "--prompt", "a red circle on the left", "--steps", 2,
+                        "--out", out, "--quiet")
+    assert code == 0 and out.is_file()
+    assert err.splitlines() == ["flash-generate: warning: tiny was distilled for 4 steps; at 2 it may draw a "
+                                "weaker picture"]
+    code, err = run_cli(export_cli.main, "--target", "torch", "--height", 128, "--width", 128, "--skip-parity",
+                        "--out", tmp_path / "b", "--quiet")
+    assert code == 0 and err.splitlines() == [
+        "flash-export: warning: tiny was trained at 64x64; at 128x128 expect a broken picture"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert "tiny was trained at 64x64; at 128x128 expect a broken picture" in manifest["warnings"]
+    code, err = run_cli(generate_cli.main, "--model", "tiny", "--prompt", "x", "--out", tmp_path / "four.png",
+                        "--quiet")
+    assert code == 0 and err == ""  # its own setting: nothing to say
+
+
+def test_the_api_warns_too(tiny_dir):
+    from flash_edge.errors import OutOfRangeWarning
+    from flash_edge.pipeline import FlashPipeline
+
+    with pytest.warns(OutOfRangeWarning, match="distilled for 4 steps; at 2"):
+        FlashPipeline.from_model("tiny", steps=2)
 
 
 def test_generate_refuses_to_overwrite_without_force(torch_bundle, tmp_path):
@@ -223,3 +251,54 @@ def test_every_command_says_its_version(command, capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"flash-{command} (flash-edge {__version__})"
+
+
+# ----------------------------------------------------------------------------- batch generation
+def test_batch_generation_loads_once_and_equals_single_runs(torch_bundle, tmp_path):
+    """2 prompts x 2 seeds from a prompts file: one load, four PNGs named by prompt and seed, each equal to the
+    single-picture command's; the contact sheet holds them (a row per prompt, a column per seed)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# shapes\na red circle on the left\n\na blue square at the top\n")
+    code, err = run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompts", prompts, "--seeds", "3,7",
+                        "--out", tmp_path / "b.png", "--grid", tmp_path / "grid.png")
+    assert code == 0, err
+    assert err.count("loading bundle") == 1 and "backends: text_encoder torch" in err
+    names = sorted(p.name for p in tmp_path.glob("b-*.png"))
+    assert names == ["b-p1-s3.png", "b-p1-s7.png", "b-p2-s3.png", "b-p2-s7.png"]
+    sheet = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert sheet.shape == (2 * 64 + 2, 2 * 64 + 2, 3)
+    for i, prompt in enumerate(("a red circle on the left", "a blue square at the top")):
+        for j, seed in enumerate((3, 7)):
+            one = tmp_path / f"one-{i}-{seed}.png"
+            assert run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompt", prompt, "--seed", seed,
+                           "--out", one, "--quiet")[0] == 0
+            single = np.asarray(Image.open(one))
+            np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"b-p{i + 1}-s{seed}.png")), single)
+            np.testing.assert_array_equal(sheet[i * 66:i * 66 + 64, j * 66:j * 66 + 64], single)
+    assert Image.open(tmp_path / "b-p2-s7.png").text["prompt"] == "a blue square at the top"
+
+
+def test_num_images_counts_from_seed(torch_bundle, tmp_path):
+    code, err = run_cli(generate_cli.main, "--bundle", torch_bundle, "--prompt", "a red circle", "--seed", 5,
+                        "--num-images", 3, "--out", tmp_path / "r.png", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == ["r-s5.png", "r-s6.png", "r-s7.png"]
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--prompt", "x", "--seeds", "0-2", "--num-images", "2"], r"--num-images counts from --seed"),
+    (["--prompt", "x", "--seeds", "4-1"], r"--seeds range '4-1' runs backwards"),
+    (["--prompt", "x", "--seeds", "1,1"], r"lists a seed twice"),
+    (["--prompt", "x", "--seeds", "a-b"], r"--seeds takes integers and ranges"),
+    (["--prompt", "x", "--seeds", "0-20000"], r"more than 10000 pictures"),
+    (["--prompt", "x", "--num-images", "0"], r"--num-images must be at least 1"),
+    (["--prompt", "x", "--threads", "0"], r"--threads must be a positive integer"),
+    (["--prompts", "EMPTY"], r"holds no prompt"),
+    (["--prompts", "MISSING"], r"prompts file .* does not exist"),
+])
+def test_batch_bad_input(torch_bundle, tmp_path, argv, pattern):
+    (tmp_path / "EMPTY").write_text("# nothing\n\n")
+    argv = [str(tmp_path / a) if a in ("EMPTY", "MISSING") else a for a in argv]
+    code, err = run_cli(generate_cli.main, "--bundle", torch_bundle, *argv, "--out", tmp_path / "x.png")
+    assert_one_line_error(code, err, pattern)
+    assert list(tmp_path.glob("*.png")) == []

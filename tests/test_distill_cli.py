@@ -51,7 +51,8 @@ def test_every_stage_writes_a_folder_the_sdk_loads(tmp_path, capsys):
     with safe_open(str(shipped / "transformer" / "diffusion_pytorch_model.safetensors"), framework="pt") as st:
         assert {st.get_tensor(k).dtype for k in st.keys()} == {torch.float16}
     a, b = load_model(shipped), load_model(out / "student-4step-split")
-    assert a.defaults == {"t5_tokens": 0} and a.transformer.dtype == torch.float32
+    # how it runs: no T5 slot, its 4 steps (from the folder name), its training size
+    assert a.defaults == {"t5_tokens": 0, "steps": 4, "size": a.vae.config.sample_size} and a.transformer.dtype == torch.float32
     for (name, p), q in zip(a.transformer.state_dict().items(), b.transformer.state_dict().values()):
         torch.testing.assert_close(p, q.half().float(), rtol=0, atol=0, msg=name)  # exactly the fp16 rounding
     assert "test run" in (shipped / "TRAINING.md").read_text()

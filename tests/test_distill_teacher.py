@@ -37,9 +37,10 @@ def test_schedule_is_the_sdk_sampler_schedule(steps):
     assert np.array_equal(flow.schedule(steps, 3.0).numpy(), flow_sigmas(steps, 3.0))
 
 
-def test_teacher_schedule_extends_past_the_sdk_step_limit():
+def test_teacher_schedule_extends_past_the_bundles_step_limit():
     s = flow.schedule(40, 3.0)
     assert s.shape == (41,) and s[0] == 1.0 and s[-1] == 0.0 and bool(torch.all(s[1:] < s[:-1]))
+    assert np.array_equal(s.numpy(), flow_sigmas(40, 3.0))  # one schedule: the sampler's
 
 
 def test_vae_loss_decreases_on_a_fixed_batch(family, data):

@@ -29,7 +29,8 @@ def test_saved_tiny_folder_loads_into_diffusers_classes(tiny_dir):
     cfg = m.transformer.config
     assert cfg.qk_norm == "rms_norm" and tuple(cfg.dual_attention_layers) == (0, 1, 2)  # SD3.5-Medium features
     assert m.vae.config.latent_channels == 16 and m.vae.config.scaling_factor != 1.0  # fitted on its data
-    assert m.defaults == {"t5_tokens": 0}  # trained without the T5 slot (flash_edge.json)
+    # trained without the T5 slot, distilled for 4 steps at 64x64 (flash_edge.json)
+    assert m.defaults == {"t5_tokens": 0, "steps": 4, "size": 64}
     assert m.text_encoder_3 is None and m.scheduler_config["shift"] == 3.0
 
 
@@ -47,6 +48,8 @@ def test_tiny_t5_variant_is_deterministic_and_keeps_the_shipped_weights(tmp_path
 
 @pytest.mark.parametrize("content,msg", [('{"t5_tokens": -1}', "t5_tokens must be an integer from 0 to 512"),
                                          ('{"t5_tokens": "none"}', "t5_tokens must be an integer"),
+                                         ('{"steps": 9}', "steps must be an integer from 1 to 8, got 9"),
+                                         ('{"size": true}', "size must be an integer from 8 to 8192, got True"),
                                          ("[1]", "does not hold a JSON object")])
 def test_bad_defaults_file_is_refused(folder, content, msg):
     (folder / "flash_edge.json").write_text(content)

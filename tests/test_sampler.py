@@ -55,10 +55,19 @@ def test_noise_is_reproducible_documented_and_standard_normal():
     np.testing.assert_array_equal(gaussian_noise(0, (3,)), gaussian_noise(0, (6,))[:3])
 
 
-@pytest.mark.parametrize("steps", [0, 9, 2.5, True])
+@pytest.mark.parametrize("steps", [0, 1001, 2.5, True])
 def test_steps_out_of_range_are_refused(steps):
-    with pytest.raises(InvalidInput, match="steps must be an integer from 1 to 8"):
+    with pytest.raises(InvalidInput, match="steps must be an integer from 1 to 1000"):
         flow_sigmas(steps)
+
+
+def test_a_bundles_few_step_limit_is_separate_from_the_samplers():
+    """The sampler runs a teacher's 40 steps; a bundle holds at most MAX_STEPS (export and manifest checks)."""
+    from flash_edge.sampler import MAX_STEPS, check_steps
+
+    assert SamplerConfig.from_shift(40, 3.0).steps == 40
+    with pytest.raises(InvalidInput, match=f"steps must be an integer from 1 to {MAX_STEPS}, got 9"):
+        check_steps(9)
 
 
 def test_bad_sigmas_are_refused():

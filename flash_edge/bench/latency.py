@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..pipeline import FlashPipeline
-from ..sampler import SamplerConfig, gaussian_noise, shift_sigmas
+from ..sampler import SamplerConfig, gaussian_noise
 from .measure import summarize, time_runs
 
 E2E_STEPS = (1, 2, 4)
@@ -22,14 +22,16 @@ DEFAULT_SHIFT = 3.0  # SD3's scheduler shift, for bundles made with explicit sig
 Say = Callable[[str], None]
 
 
-def with_steps(pipe: FlashPipeline, steps: int) -> FlashPipeline:
-    """The same sessions with an ``steps``-step sampler from the bundle's shift (its own schedule when the
-    step count is the bundle's)."""
+def with_steps(pipe: FlashPipeline, steps: int, guidance: float | None = None, rule: str | None = None) -> FlashPipeline:
+    """The same sessions with an ``steps``-step sampler from the bundle's shift (its own schedule when nothing
+    changes); ``guidance``/``rule`` replace the bundle's (the teacher setting: Euler with CFG)."""
     s = pipe.spec.sampler
-    if steps == s.steps:
+    guidance = s.guidance_scale if guidance is None else guidance
+    rule = s.rule if rule is None else rule
+    if (steps, guidance, rule) == (s.steps, s.guidance_scale, s.rule):
         return pipe
-    config = SamplerConfig.from_shift(steps, s.shift if s.shift is not None else DEFAULT_SHIFT, rule=s.rule,
-                                      timestep_scale=s.timestep_scale, guidance_scale=s.guidance_scale)
+    config = SamplerConfig.from_shift(steps, s.shift if s.shift is not None else DEFAULT_SHIFT, rule=rule,
+                                      timestep_scale=s.timestep_scale, guidance_scale=guidance)
     return FlashPipeline(replace(pipe.spec, sampler=config), pipe.sessions, pipe.tokenizers, pipe.info)
 
 
@@ -77,29 +79,11 @@ def measure_e2e(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, steps=
     return out
 
 
-def teacher_sigmas(steps: int = TEACHER_STEPS, shift: float = DEFAULT_SHIFT, train_steps: int = 1000) -> np.ndarray:
-    """The teacher's flow-matching schedule (``steps`` + 1 values ending in 0), the same grid as
-    ``flash_edge.sampler.flow_sigmas`` but past the few-step sampler's step limit."""
-    sigma_min = shift_sigmas(1.0 / train_steps, shift)  # the shifted training grid's smallest sigma
-    t = np.linspace(1.0, sigma_min, steps)
-    return np.append(shift_sigmas(t, shift), 0.0).astype(np.float32)
-
-
 def teacher_generate(pipe: FlashPipeline, prompt: str, seed: int = 0, steps: int = TEACHER_STEPS,
                      guidance: float = TEACHER_GUIDANCE) -> np.ndarray:
-    """The teacher setting on ``pipe``'s own sessions: Euler flow steps with classifier-free guidance
-    (two transformer calls per step), the bundle's text encoders (T5 where the bundle has it)."""
-    spec = pipe.spec
-    cond, uncond = pipe.encode(prompt), pipe.encode("")
-    transformer = pipe.sessions["transformer"]
-    sigmas = teacher_sigmas(steps, spec.sampler.shift or DEFAULT_SHIFT)
-    x = gaussian_noise(seed, spec.latent.shape)
-    for i in range(steps):
-        t = np.array([sigmas[i] * spec.sampler.timestep_scale], dtype=np.float32)
-        v_c, v_u = (transformer.run({"latent": x, "timestep": t, "encoder_hidden_states": c[0],
-                                     "pooled_projections": c[1]})["velocity"] for c in (cond, uncond))
-        x = x + (sigmas[i + 1] - sigmas[i]) * (v_u + guidance * (v_c - v_u))
-    return pipe.decode(x)
+    """The teacher setting on ``pipe``'s own sessions: the pipeline's sampler with ``steps`` Euler steps and
+    classifier-free guidance (two transformer calls per step)."""
+    return with_steps(pipe, steps, guidance, rule="euler").generate(prompt, seed)
 
 
 def measure_teacher(pipe: FlashPipeline, prompt: str, repeats: int, components: dict, student_e2e: float,

@@ -18,11 +18,21 @@ def parser():
     src.add_argument("--model", help="'tiny', a diffusers SD3 folder or a single-file .safetensors checkpoint, run "
                      "with the PyTorch reference")
     p.add_argument("--config", help="with a single-file --model: its diffusers config folder (default: its own folder)")
-    p.add_argument("--prompt", required=True, help="what to draw")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=integer_arg, default=0, help="noise seed, 0 to 2**64-1 (default 0)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="what to draw")
+    what.add_argument("--prompts", metavar="FILE", help="a UTF-8 file of prompts, one per line ('#' comments)")
+    p.add_argument("--out", required=True, help="PNG file to write; with several pictures, STEM-sSEED.png (one "
+                   "prompt) or STEM-pN-sSEED.png beside it")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=integer_arg, default=0, help="noise seed, 0 to 2**64-1 (default 0)")
+    seeds.add_argument("--seeds", help="several seeds: ranges and lists, e.g. 0-7 or 1,5,9")
+    p.add_argument("--num-images", type=integer_arg, help="N pictures per prompt, seeds --seed .. --seed+N-1")
+    p.add_argument("--grid", metavar="FILE.png", help="also write a contact sheet: a row per prompt, a column "
+                   "per seed")
+    p.add_argument("--threads", type=integer_arg, help="CPU threads for the backends (default: theirs)")
     p.add_argument("--backend", default="auto", help="auto|torch|onnx|coreml|executorch (default auto)")
-    p.add_argument("--steps", type=integer_arg, help="with --model: sampler steps (1-8, default 4)")
+    p.add_argument("--steps", type=integer_arg, help="with --model: sampler steps (default: the model's own, 4 for "
+                   "tiny; a teacher's 40 runs too)")
     p.add_argument("--height", type=integer_arg, help="with --model: image height")
     p.add_argument("--width", type=integer_arg, help="with --model: image width")
     p.add_argument("--memory", choices=POLICIES, default="balanced",
@@ -40,44 +50,87 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
 
     def body():
+        from ..batch import contact_sheet, output_paths, parse_seeds, read_prompts
         from ..errors import InvalidInput
-
         from ..image import check_png_path, save_png
         from ..sampler import check_seed
         from ..tokenization import check_prompt
 
         say = Progress(not args.quiet)
-        out = check_png_path(args.out, args.force)
-        check_prompt(args.prompt)
-        check_seed(args.seed)
+        prompts = read_prompts(args.prompts) if args.prompts else [check_prompt(args.prompt)]
+        seeds = batch_seeds(args, parse_seeds, check_seed, InvalidInput)
+        paths = output_paths(args.out, len(prompts), seeds)
+        for path in [p for row in paths for p in row] + ([args.grid] if args.grid else []):
+            check_png_path(path, args.force)
+        if args.threads is not None and args.threads < 1:
+            raise InvalidInput(f"--threads must be a positive integer, got {args.threads}")
         if args.bundle and any(v is not None for v in (args.steps, args.height, args.width)):
             raise InvalidInput("--steps/--height/--width are fixed in a bundle; export another bundle to change them")
         if args.bundle and args.config:
             raise InvalidInput("--config applies to a single-file --model, not to --bundle")
         quiet_libraries()
-        from ..pipeline import FlashPipeline
-
-        if args.bundle:
-            say(f"loading bundle {args.bundle}")
-            pipe = FlashPipeline.from_bundle(args.bundle, backend=args.backend, verify=not args.no_verify,
-                                             memory=args.memory)
-        else:
-            if args.backend not in ("auto", "torch"):
-                raise InvalidInput("--model runs the PyTorch reference; export a bundle to use another backend")
-            say(f"loading model {args.model}")
-            opts = {k: v for k, v in (("steps", args.steps), ("height", args.height), ("width", args.width))
-                    if v is not None}
-            pipe = FlashPipeline.from_model(args.model, config=args.config, **opts)
-        image = pipe(args.prompt, seed=args.seed, on_step=lambda i, n: say(f"step {i}/{n}"))
-        backends = sorted(set(pipe.info["backends"].values()))
-        save_png(image, out, {"prompt": args.prompt, "seed": args.seed, "steps": pipe.spec.sampler.steps,
-                              "backend": ",".join(backends), "model": pipe.info.get("model", "?"),
-                              "source": args.bundle or args.model, "software": "flash-edge"})
-        t = pipe.timings
-        say(f"wrote {out} ({image.width}x{image.height}; encode {t['encode']:.2f}s, denoise {t['denoise']:.2f}s, "
-            f"decode {t['decode']:.2f}s)")
+        pipe = load(args, say, InvalidInput)
+        backends = pipe.info["backends"]
+        say("backends: " + ", ".join(f"{c} {b}" for c, b in backends.items()))
+        rows, single = [], len(prompts) * len(seeds) == 1
+        for prompt, row in zip(prompts, paths):
+            rows.append([])
+            for seed, path in zip(seeds, row):
+                image = pipe(prompt, seed=seed, on_step=(lambda i, n: say(f"step {i}/{n}")) if single else None)
+                save_png(image, path, {"prompt": prompt, "seed": seed, "steps": pipe.spec.sampler.steps,
+                                       "backend": ",".join(sorted(set(backends.values()))),
+                                       "model": pipe.info.get("model", "?"), "source": args.bundle or args.model,
+                                       "software": "flash-edge"})
+                t = pipe.timings
+                say(f"wrote {path} ({image.width}x{image.height}; encode {t['encode']:.2f}s, denoise "
+                    f"{t['denoise']:.2f}s, decode {t['decode']:.2f}s)")
+                rows[-1].append(image)
+        if args.grid:
+            save_png(contact_sheet(rows), args.grid, {"prompts": " | ".join(prompts),
+                                                       "seeds": ",".join(map(str, seeds)), "software": "flash-edge"})
+            say(f"wrote {args.grid} (contact sheet: {len(prompts)} prompt(s) x {len(seeds)} seed(s))")
 
     return run(PROG, body)
+
+
+def batch_seeds(args, parse_seeds, check_seed, InvalidInput) -> list[int]:
+    """--seed, --seeds or --seed + --num-images -> the seeds, checked."""
+    if args.seeds is not None:
+        if args.num_images is not None:
+            raise InvalidInput("--num-images counts from --seed; with --seeds, list the seeds you want")
+        return parse_seeds(args.seeds)
+    first = check_seed(args.seed)
+    n = 1 if args.num_images is None else args.num_images
+    if n < 1:
+        raise InvalidInput(f"--num-images must be at least 1, got {n}")
+    return parse_seeds(f"{first}-{first + n - 1}")
+
+
+def load(args, say, InvalidInput):
+    """The pipeline, loaded once for the whole batch; says how long loading took."""
+    import time
+
+    from ..pipeline import FlashPipeline
+
+    t0 = time.perf_counter()
+    threads = {"threads": args.threads} if args.threads else {}
+    if args.bundle:
+        say(f"loading bundle {args.bundle}")
+        pipe = FlashPipeline.from_bundle(args.bundle, backend=args.backend, verify=not args.no_verify,
+                                         memory=args.memory, **threads)
+    else:
+        if args.backend not in ("auto", "torch"):
+            raise InvalidInput("--model runs the PyTorch reference; export a bundle to use another backend")
+        say(f"loading model {args.model}")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        opts = {k: v for k, v in (("steps", args.steps), ("height", args.height), ("width", args.width))
+                if v is not None}
+        pipe = FlashPipeline.from_model(args.model, config=args.config, **opts)
+    say(f"loaded in {time.perf_counter() - t0:.2f}s (memory policy {pipe.info.get('memory', 'fast')})")
+    return pipe
 
 
 if __name__ == "__main__":

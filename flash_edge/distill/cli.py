@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -266,6 +267,15 @@ def ship_cmd(a) -> int:
         m.half()
     with atomic_directory(a.to, force=True, replaceable=is_model_folder) as tmp:
         family.save(tmp)
+        # How it was trained to run (the SDK's defaults, and a warning at other settings): its step count from
+        # the run's folder name (student-{k}step-...), its image size from the family.
+        from ..models.loading import DEFAULTS_FILE
+
+        defaults = json.loads((tmp / DEFAULTS_FILE).read_text())
+        if m := re.match(r"student-(\d)step-", a.student):
+            defaults["steps"] = int(m[1])
+        defaults["size"] = family.config.size
+        (tmp / DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
         (tmp / "TRAINING.md").write_text(
             f"# The built-in model `tiny`\n\nShipped from `{a.student}` of a `python -m flash_edge.distill train` "
             f"run with `python -m flash_edge.distill ship --run RUN --student {a.student}`.\n\n{a.note}\n")

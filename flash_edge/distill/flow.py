@@ -1,8 +1,7 @@
 """Rectified-flow pieces every stage shares (torch): noising, training noise levels, schedules, Euler sampling.
 
 Same conventions as ``flash_edge.sampler``: x_sigma = (1 - sigma) x0 + sigma noise, velocity v = noise - x0,
-timestep = 1000 sigma, schedules from SD3's shift. ``schedule(steps, shift)`` equals
-``flash_edge.sampler.flow_sigmas`` for the SDK's step range and extends it to the teacher's 40 steps.
+timestep = 1000 sigma; ``schedule`` is the SDK sampler's ``flow_sigmas`` (SD3's shift), at any step count.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..sampler import shift_sigmas
+from ..sampler import flow_sigmas
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma (B,)) -> v
 
@@ -31,15 +30,10 @@ def training_sigmas(n: int, generator: torch.Generator | None = None, mean: floa
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
-def schedule(steps: int, shift: float = 3.0, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """``steps + 1`` float32 sigmas ending at 0, as diffusers' ``FlowMatchEulerDiscreteScheduler`` makes them."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    train_t = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1]
-    train_sigmas = shift_sigmas(train_t / np.float32(num_train_timesteps), np.float32(shift)).astype(np.float32)
-    t = np.linspace(float(train_sigmas[0]) * num_train_timesteps, float(train_sigmas[-1]) * num_train_timesteps, steps)
-    sig = shift_sigmas(t / num_train_timesteps, shift).astype(np.float32)
-    return torch.from_numpy(np.append(sig, np.float32(0.0)))
+def schedule(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """``steps + 1`` float32 sigmas ending at 0: the SDK sampler's own schedule (``flash_edge.sampler.flow_sigmas``,
+    as diffusers' ``FlowMatchEulerDiscreteScheduler`` makes it), as a tensor; any step count (a teacher's 40 too)."""
+    return torch.from_numpy(flow_sigmas(steps, shift))
 
 
 def euler(velocity: Velocity, x: torch.Tensor, sigmas: torch.Tensor, keep: bool = False):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..contract import special_tokens
 from ..conditioning import TextLayout
 from ..errors import InvalidInput
-from ..sampler import SamplerConfig, check_steps
+from ..sampler import MAX_SAMPLER_STEPS, SamplerConfig, check_steps
 from ..spec import DecodeSpec, GenerationSpec, LatentSpec, TokenizerSpec
 from .loading import SD3Model
 
@@ -18,6 +18,33 @@ def default_t5_tokens(model: SD3Model) -> int:
     the T5 slot (t5_tokens 0) that is loaded with a T5 encoder gets 256: T5 states need slots."""
     chosen = model.defaults.get("t5_tokens", DEFAULT_T5_TOKENS)
     return DEFAULT_T5_TOKENS if chosen == 0 and model.text_encoder_3 is not None else chosen
+
+
+def range_warnings(model: SD3Model, spec: GenerationSpec) -> list[str]:
+    """One line per setting outside what the model's folder says it was trained for (``flash_edge.json``'s
+    ``steps`` and ``size``): another size gives a broken picture (the built-in 64x64 model at 256x256 draws a
+    grid of dots), another step count a weaker one. Folders that say nothing get no warning."""
+    d, out = model.defaults, []
+    steps, size = d.get("steps"), d.get("size")
+    s = spec.sampler
+    if steps is not None and s.steps != steps and s.guidance_scale <= 1.0:
+        out.append(f"{model.name} was distilled for {steps} steps; at {s.steps} it may draw a weaker picture")
+    if size is not None and (spec.height, spec.width) != (size, size):
+        out.append(f"{model.name} was trained at {size}x{size}; at {spec.width}x{spec.height} expect a broken "
+                   f"picture")
+    return out
+
+
+def warn_out_of_range(model: SD3Model, spec: GenerationSpec) -> list[str]:
+    """``range_warnings`` as ``OutOfRangeWarning``s (the CLI prints each as one line); returns them."""
+    import warnings
+
+    from ..errors import OutOfRangeWarning
+
+    lines = range_warnings(model, spec)
+    for line in lines:
+        warnings.warn(line, OutOfRangeWarning, stacklevel=3)
+    return lines
 
 
 def check_size(model: SD3Model, height: int, width: int) -> None:
@@ -67,8 +94,8 @@ def sampler_from_model(model: SD3Model, steps: int | None = None, rule: str = "e
                                f"step(s) ({sigmas}); give one or the other")
         return SamplerConfig(sigmas=tuple(sigmas), rule=rule, guidance_scale=guidance_scale,
                              timestep_scale=float(cfg.get("num_train_timesteps", 1000)))
-    steps = DEFAULT_STEPS if steps is None else steps
-    check_steps(steps)
+    steps = model.defaults.get("steps", DEFAULT_STEPS) if steps is None else steps
+    check_steps(steps, MAX_SAMPLER_STEPS)  # a bundle's few-step limit is the exporter's check
     unsupported = [k for k in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas",
                                "use_beta_sigmas", "invert_sigmas") if cfg.get(k)] + (
         ["shift_terminal"] if cfg.get("shift_terminal") else [])

@@ -25,8 +25,9 @@ TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5Tok
                      "TokenizersBackend")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # Optional file beside model_index.json: how the model was trained to be run, where diffusers' files cannot say
-# it. Only "t5_tokens" is read: 0 for a model trained without the T5 slot (flash-edge's distilled students),
-# which then runs with 77 text tokens unless the user asks otherwise.
+# it: "t5_tokens" (0 for a model trained without the T5 slot, as flash-edge's distilled students, which then run
+# with 77 text tokens unless the user asks otherwise), "steps" (the step count a student was distilled for: the
+# default, and a warning at another) and "size" (the square image side it was trained at: a warning at another).
 DEFAULTS_FILE = "flash_edge.json"
 
 
@@ -110,11 +111,15 @@ def read_defaults(path: Path) -> dict:
     if not file.is_file():
         return {}
     data = _read_json(file, f"model folder {path} has a bad {DEFAULTS_FILE}")
-    t5_tokens = data.get("t5_tokens", None)
-    if t5_tokens is not None and (not isinstance(t5_tokens, int) or isinstance(t5_tokens, bool)
-                                  or not 0 <= t5_tokens <= 512):
-        raise ModelLoadError(f"{file}: t5_tokens must be an integer from 0 to 512, got {t5_tokens!r}")
-    return {"t5_tokens": t5_tokens} if t5_tokens is not None else {}
+    out = {}
+    for key, lo, hi in (("t5_tokens", 0, 512), ("steps", 1, 8), ("size", 8, 8192)):
+        value = data.get(key, None)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ModelLoadError(f"{file}: {key} must be an integer from {lo} to {hi}, got {value!r}")
+        out[key] = value
+    return out
 
 
 def check_folder(path: Path, t5: bool) -> dict:
@@ -222,7 +227,10 @@ def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None, config
     defaults = read_defaults(path)
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json", f"model folder {path} is incomplete")
     dtype = dtype or torch.float32
-    parts = {p: load_part(path, p, dtype) for p in MODEL_PARTS if p != "text_encoder_3" or t5}
+    from ..quiet import quiet
+
+    with quiet():  # transformers' "Loading weights" bars, diffusers' torchao notice
+        parts = {p: load_part(path, p, dtype) for p in MODEL_PARTS if p != "text_encoder_3" or t5}
     tok_dirs = {"text_encoder": path / "tokenizer", "text_encoder_2": path / "tokenizer_2"}
     if t5:
         tok_dirs["text_encoder_3"] = path / "tokenizer_3"
