@@ -35,6 +35,12 @@ class TorchBackend(Backend):
         return f"needs {', '.join(missing)}: pip install 'flash-edge[torch]'" if missing else None
 
     def open(self, root, component, entry):
+        from ..quiet import quiet
+
+        with quiet():  # diffusers' torchao notice on import, transformers' "Loading weights" bars
+            return self._open(root, component, entry)
+
+    def _open(self, root, component, entry):
         import torch
 
         from ..components import wrap

@@ -302,3 +302,45 @@ def test_batch_bad_input(torch_bundle, tmp_path, argv, pattern):
     code, err = run_cli(generate_cli.main, "--bundle", torch_bundle, *argv, "--out", tmp_path / "x.png")
     assert_one_line_error(code, err, pattern)
     assert list(tmp_path.glob("*.png")) == []
+
+
+# ----------------------------------------------------------------------------- flash-inspect
+def test_inspect_shows_what_the_manifest_holds_and_verifies_files(torch_bundle, tmp_path, capsys):
+    from flash_edge.cli import inspect as inspect_cli
+
+    bundle = tmp_path / "b"
+    shutil.copytree(torch_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert inspect_cli.main([str(bundle), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["components"].keys() == manifest["components"].keys()
+    for name, c in d["components"].items():
+        entry = manifest["components"][name]
+        assert (c["target"], c["precision"]) == (entry["target"], entry["precision"])
+        assert c["bytes"] == sum(manifest["files"][f]["size"] for f in entry["files"]) > 0
+    assert d["bytes"] == sum((bundle / f).stat().st_size for f in manifest["files"])
+    assert d["sampler"]["sigmas"] == manifest["generation"]["sampler"]["sigmas"]
+    assert d["parity"]["status"] == manifest["parity"]["status"]
+    assert d["verified"] == {"files": len(manifest["files"]), "sha256": True}
+
+    assert inspect_cli.main([str(bundle)]) == 0
+    text = capsys.readouterr().out
+    assert "transformer     torch" in text and "sizes and sha256 match the manifest" in text
+    assert f"parity      {manifest['parity']['status']}" in text
+
+    # one changed byte: inspect says which file, in one line, exit 2; --no-verify still describes it
+    f = bundle / manifest["components"]["transformer"]["files"][0]
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    code, err = run_cli(inspect_cli.main, bundle)
+    assert_one_line_error(code, err, r"does not match its sha256 in the manifest")
+    assert inspect_cli.main([str(bundle), "--no-verify"]) == 0
+    assert "sha256 not checked: --no-verify" in capsys.readouterr().out
+
+
+def test_inspect_refuses_what_is_not_a_bundle(tmp_path):
+    from flash_edge.cli import inspect as inspect_cli
+
+    code, err = run_cli(inspect_cli.main, tmp_path)
+    assert_one_line_error(code, err, r"is not a flash-edge bundle: it has no manifest.json")

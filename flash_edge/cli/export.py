@@ -9,21 +9,23 @@ import sys
 from .common import Progress, integer_arg, make_parser, quiet_libraries, run
 
 PROG = "flash-export"
-TARGETS = ("torch", "onnx", "coreml", "executorch")
 
 
 def parser():
     p = make_parser(PROG, "Export an SD3-family model (default: the built-in 'tiny') to a bundle for one target.",
                     "flash-export --target onnx --model tiny --out bundles/tiny-onnx")
-    p.add_argument("--target", required=True, help=f"artifact format: {', '.join(TARGETS)}")
+    classes = _exporter_classes()
+    p.add_argument("--target", required=True, help=f"artifact format: {', '.join(classes)} (export.REGISTRY)")
     p.add_argument("--model", default="tiny", help="'tiny' (built in), a diffusers-format SD3 folder, or an SD3 "
                    "single-file .safetensors checkpoint (original/ComfyUI layout)")
     p.add_argument("--config", help="with a single-file --model: the diffusers folder with its configs, tokenizers and "
                    "scheduler (default: the checkpoint's own folder)")
     p.add_argument("--out", required=True, help="bundle directory to write (must not exist, unless --force)")
-    p.add_argument("--precision", help="per target: torch fp32|bf16|fp16 (more with each target)")
-    p.add_argument("--steps", type=integer_arg, help="sampler steps baked into the bundle (1-8; default 4, or as many "
-                   "as --sigmas make)")
+    p.add_argument("--precision", help="per target (default first): " + "; ".join(
+        f"{t} {'|'.join([c.default_precision] + [x for x in c.precisions if x != c.default_precision])}"
+        for t, c in classes.items()))
+    p.add_argument("--steps", type=integer_arg, help="sampler steps baked into the bundle (1-8; default: the model's "
+                   "own, 4 for tiny, or as many as --sigmas make)")
     p.add_argument("--sigmas", type=float, nargs="+", help="explicit sigmas (the student's schedule) instead of "
                    "the model scheduler's shift; a final 0 is appended")
     p.add_argument("--rule", choices=("euler", "renoise"), default="euler", help="sampler step rule")
