@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from flash_edge.bundle import Bundle
     from flash_edge.cli.common import quiet_libraries
     from flash_edge.distill.evaluate import eval_prompts
-    from flash_edge.errors import FlashError
+    from flash_edge.errors import FlashError, first_line
     from flash_edge.eval.geneval import score
     from flash_edge.pipeline import FlashPipeline
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         try:
             pipe = FlashPipeline.from_bundle(path)
         except FlashError as e:
-            row["not_run"] = str(e).splitlines()[0]
+            row["not_run"] = first_line(e)
             rows.append(row)
             continue
         say(f"{path.name}: {a.n} prompts")

@@ -21,7 +21,7 @@ import copy
 import platform
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .coreml_palettize import BITS, Policy, decompressed_weights, load_into
 
@@ -156,7 +156,7 @@ class CoreMLExporter(Exporter):
         try:
             compile_model(str(root / rel), str(root / compiled))
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"Core ML could not compile {rel}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+            raise ExportError(f"Core ML could not compile {rel}: {first_line(e)}") from None
         return {"compiled": compiled}
 
     # ----------------------------------------------------------------- Linux parity: PyTorch with Core ML weights

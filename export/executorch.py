@@ -32,7 +32,7 @@ import platform
 import re
 from pathlib import Path
 
-from ..errors import BackendUnavailable, ExportError, InvalidInput
+from ..errors import BackendUnavailable, ExportError, InvalidInput, first_line
 from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
 from .executorch_quantize import RECIPE_DESCRIPTION, RECIPE_PRECISION, example_args, quantize, recipe_for
 
@@ -280,7 +280,7 @@ class ExecuTorchExporter(Exporter):
             raise
         except Exception as e:  # a library failure while lowering: say which component and stage
             raise ExportError(f"executorch export of {name} ({recipe or 'fp32'}, {self.delegate}) failed: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                              f"{type(e).__name__}: {first_line(e)}") from e
         out.mkdir(parents=True, exist_ok=True)
         folder = out.relative_to(root).as_posix()
         with open(out / PTE, "wb") as f:

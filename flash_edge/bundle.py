@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from . import __version__, contract
 from .atomic import BUNDLE_FORMAT
 from .confine import inside, stray_entries
 from .errors import BundleError
+from .jsonsafe import json_safe
 from .manifest import CODE_SUFFIXES, validate
 from .spec import ComponentSpec, GenerationSpec, TensorSpec
 
@@ -61,17 +61,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _json_safe(obj):
-    """inf/nan are not JSON: parity of an exact copy is written as the string "inf"."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 @dataclass
@@ -177,5 +166,5 @@ def write_manifest(directory: Path, generation: GenerationSpec, components: dict
                 "generation": generation.to_dict(),
                 "components": {k: v.to_dict() for k, v in components.items()},
                 **extra, "files": files}
-    (directory / MANIFEST).write_text(json.dumps(_json_safe(manifest), indent=2) + "\n", encoding="utf-8")
+    (directory / MANIFEST).write_text(json.dumps(json_safe(manifest), indent=2) + "\n", encoding="utf-8")
     return manifest

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, InvalidInput
+from ..errors import BundleError, InvalidInput, first_line
 from ..spec import ComponentSpec
 from .base import Backend, Session
 
@@ -33,7 +33,7 @@ def _load(path: Path, compute_units: str):
             return ct.models.CompiledMLModel(str(path), compute_units=units)
         return ct.models.MLModel(str(path), compute_units=units)
     except Exception as e:  # noqa: BLE001 - Core ML's load errors are long; keep the first line
-        raise BundleError(f"Core ML cannot load {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        raise BundleError(f"Core ML cannot load {path}: {first_line(e)}") from None
 
 
 class CoreMLSession(Session):

@@ -120,3 +120,11 @@ def onnx_fp32_bundle(tmp_path_factory, tiny_dir) -> Path:
     from flash_edge.export import export_bundle
 
     return export_bundle("tiny", "onnx", tmp_path_factory.mktemp("bundles") / "onnx-fp32", "fp32")
+
+
+@pytest.fixture(scope="session")
+def reference_image(tiny_dir):
+    """The PyTorch reference's picture of "a red circle", seed 0 (the ONNX and ExecuTorch tests' PROMPT, SEED)."""
+    from flash_edge.pipeline import FlashPipeline
+
+    return FlashPipeline.from_model("tiny").generate("a red circle", seed=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from flash_edge.errors import BundleError
 from flash_edge.image import to_pil
 from flash_edge.pipeline import FlashPipeline
 from flash_edge.sampler import SamplerConfig
+
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import edit_manifest as _edit  # noqa: E402
+
+pytestmark = pytest.mark.slow  # ONNX exports: left out of the quick subset (pytest -m 'not slow')
 
 PROMPTS = ("a red circle on the left", "Two GREEN   diamonds!!", "ünïcödé ✨ emoji, tabs\tand\nnewlines",
            " ".join(["a blue square above a yellow triangle"] * 12))  # the last is cut to max_length
@@ -162,13 +168,6 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "b"
     shutil.copytree(bundle, dst)
     return dst
-
-
-def _edit(bundle: Path, edit) -> None:
-    mf = bundle / "manifest.json"
-    m = json.loads(mf.read_text())
-    edit(m)
-    mf.write_text(json.dumps(m))
 
 
 def to_format_1(m: dict) -> None:

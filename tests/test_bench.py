@@ -73,6 +73,26 @@ def test_compare_pools_psnr_and_keeps_exact_matches_infinite():
     assert len(quality.PROMPTS) >= 8 and len(set(quality.PROMPTS)) == len(quality.PROMPTS)
 
 
+def test_tiny_bundles_default_to_prompts_in_its_domain():
+    from flash_edge.distill.dataset import parse_prompt
+
+    for prompt in quality.SHAPES_PROMPTS:
+        parse_prompt(prompt)  # every one is in the shapes grammar tiny was trained on (raises otherwise)
+    assert quality.default_prompts(["tiny", "tiny"]) == quality.SHAPES_PROMPTS
+    assert quality.default_prompts(["tiny", "sd3.5-medium"]) == quality.PROMPTS
+
+
+def test_a_ratio_within_the_runs_spread_is_noise():
+    from flash_edge.bench.measure import summarize, within_noise
+
+    a, b = summarize([1.00, 1.20, 1.35]), summarize([0.95, 1.10, 1.25])  # spreads 29% and 27%
+    assert a["spread"] == pytest.approx(0.35 / 1.20) and a["max"] == 1.35
+    assert within_noise(a["median"] / b["median"], a, b)  # 1.09x between two noisy runs: noise
+    c = summarize([0.50, 0.51, 0.52])
+    assert not within_noise(a["median"] / c["median"], a, c)  # 2.35x: beyond any of it
+    one, other = summarize([1.0]), summarize([1.27])
+    assert not within_noise(1.27, other, one)  # no repeats, no spread: not judged
+
 # ----------------------------------------------------------------------------- FLOPs
 @pytest.mark.parametrize("side,text", [(16, 333), (8, 77)])
 def test_transformer_flops_equal_torch_flop_counter(tiny_dir, side, text):
@@ -195,6 +215,7 @@ def _timing(s):
 def test_report_json_has_every_field(report, torch_bundle, bf16_bundle):
     out, r = report
     assert r["schema"] == "flash-bench/1" and r["command"].startswith("flash-bench --bundle")
+    assert r["settings"]["prompts"] == list(quality.SHAPES_PROMPTS)  # bundles of tiny: prompts in its domain
     assert r["machine"]["logical_cpus"] >= 1 and r["machine"]["versions"]["numpy"] and r["machine_label"]
     assert r["gemm"]["peak_flops_per_s"] > 0 and r["gemm"]["best"] in ("numpy", "torch")
     assert "torch" in r["backends_registered"] and r["backends_registered"]["torch"] == "available"
@@ -219,7 +240,8 @@ def test_report_json_has_every_field(report, torch_bundle, bf16_bundle):
         _timing(t["measured"])
         assert t["speedup"] == pytest.approx(t["measured"]["median"] / lat["e2e"]["4"]["median"])
         assert set(b["ratios"]) == {"step_vs_reference", "decode_vs_reference", "e2e_vs_reference",
-                                    "e2e_vs_diffusers"}
+                                    "e2e_vs_diffusers", "within_noise"}
+        assert b["ratios"]["within_noise"] == []  # one repeat has no spread: nothing is called noise
         fl = b["flops"]
         assert fl["image_tokens"] == 16 and fl["text_tokens"] == 77 and fl["transformer_call_flops"] > 0
         assert fl["fraction_of_gemm_peak"] == pytest.approx(fl["achieved_flops_per_s"] / r["gemm"]["peak_flops_per_s"])

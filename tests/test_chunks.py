@@ -5,6 +5,7 @@ runtime's checks on a chunk list. Core ML's chunked packages are checked in test
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,10 @@ from flash_edge.errors import BundleError, InvalidInput
 from flash_edge.metrics import psnr
 from flash_edge.pipeline import FlashPipeline
 
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import cli_export as _cli_export  # noqa: E402
+
 PROMPT, SEED = "a red circle", 0
-
-
-def _cli_export(*args) -> int:
-    from flash_edge.cli.export import main
-
-    return main(["--quiet", *map(str, args)])
 
 
 # ----------------------------------------------------------------------------- the split

@@ -16,29 +16,8 @@ from PIL import Image
 from flash_edge.cli import export as export_cli
 from flash_edge.cli import generate as generate_cli
 
-
-def run_cli(main, *argv) -> tuple[int, str]:
-    """Run a command's ``main`` in-process; returns (exit status, stderr)."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse usage errors
-            code = e.code
-    return code, err.getvalue()
-
-
-def assert_one_line_error(code: int, err: str, pattern: str) -> None:
-    import re
-
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert re.search(pattern, lines[0]), lines[0]
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import assert_one_line_error, run_cli  # noqa: E402
 
 
 def test_export_then_generate_writes_a_png_with_provenance(torch_bundle, tmp_path):

@@ -21,6 +21,8 @@ import coremltools as ct  # noqa: E402
 from flash_edge.errors import BackendUnavailable, InvalidInput  # noqa: E402
 from flash_edge.export.coreml_palettize import CATEGORIES, PALETTIZED, Policy, category, const_to_param  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Core ML conversions: left out of the quick subset (pytest -m 'not slow')
+
 ON_MAC = platform.system() == "Darwin"
 MAC_ONLY = pytest.mark.skipif(not ON_MAC, reason="Core ML prediction runs only on macOS (coremltools cannot predict "
                               "on Linux/Windows); the program checks above cover what can run here")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
 
 from flash_edge.distill.cli import main
+
+pytestmark = pytest.mark.slow  # trains through the CLI: left out of the quick subset (pytest -m 'not slow')
 
 SMALL = ["--preset", "test", "--size", "32", "--train-images", "32", "--batch", "4", "--vae-steps", "2",
          "--teacher-steps", "2", "--save-every", "1", "--pairs", "8", "--substeps", "2", "--trajectory-iters", "2",

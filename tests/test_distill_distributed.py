@@ -14,6 +14,8 @@ import distill_workers  # noqa: E402
 
 from flash_edge.distill.distributed import Dist  # noqa: E402
 
+pytestmark = pytest.mark.slow  # spawns training processes: left out of the quick subset (pytest -m 'not slow')
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -5,6 +5,7 @@ backend's errors, and the image through ``runtimes/executorch.py``."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,12 @@ from flash_edge.errors import BackendUnavailable, BundleError, ExportError, Inva
 from flash_edge.metrics import psnr  # noqa: E402
 from flash_edge.pipeline import FlashPipeline  # noqa: E402
 
-PROMPT, SEED = "a red circle", 0
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import cli_export as _cli_export  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ExecuTorch lowering (minutes per bundle): left out of the quick subset (pytest -m 'not slow')
 
-def _cli_export(*args) -> int:
-    from flash_edge.cli.export import main
-
-    return main(["--quiet", *map(str, args)])
+PROMPT, SEED = "a red circle", 0  # conftest.reference_image draws the same
 
 
 def _manifest(bundle: Path) -> dict:
@@ -40,11 +40,6 @@ def e8(et_int8_bundle) -> Path:
 @pytest.fixture
 def e32(et_fp32_bundle) -> Path:
     return et_fp32_bundle
-
-
-@pytest.fixture(scope="module")
-def reference_image(tiny_dir) -> np.ndarray:
-    return FlashPipeline.from_model("tiny").generate(PROMPT, seed=SEED)
 
 
 def _export_one(name, module, spec, root, precision="fp32", **options):

@@ -22,6 +22,11 @@ import pytest
 from flash_edge.bundle import sha256_file
 from flash_edge.sampler import gaussian_noise
 
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import edit_manifest as _edit  # noqa: E402
+
+pytestmark = pytest.mark.slow  # builds the C++ runner: left out of the quick subset (pytest -m 'not slow')
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE, BUILD = ROOT / "apps" / "cpp", ROOT / "build" / "native"
 
@@ -220,12 +225,6 @@ def test_png_equals_flash_generate(runner, case, et_fp32_bundle, et_int8_bundle,
 
 
 # ------------------------------------------------------------------------------------------- refusals
-def _edit(bundle: Path, edit) -> None:
-    m = json.loads((bundle / "manifest.json").read_text())
-    edit(m)
-    (bundle / "manifest.json").write_text(json.dumps(m))
-
-
 def _corrupt(rel: str):
     def corrupt(b: Path) -> None:
         data = bytearray((b / rel).read_bytes())

@@ -20,13 +20,12 @@ from flash_edge.errors import BackendUnavailable, BundleError, InvalidInput, Par
 from flash_edge.metrics import psnr
 from flash_edge.pipeline import FlashPipeline
 
-PROMPT, SEED = "a red circle", 0
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import cli_export as _cli_export  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ONNX exports and quantization: left out of the quick subset (pytest -m 'not slow')
 
-def _cli_export(*args) -> int:
-    from flash_edge.cli.export import main
-
-    return main(["--quiet", *map(str, args)])
+PROMPT, SEED = "a red circle", 0  # conftest.reference_image draws the same
 
 
 def _ops(path: Path) -> dict[str, int]:
@@ -52,11 +51,6 @@ def b32(bundles) -> Path:
 def b8(bundles) -> Path:
     assert _cli_export("--target", "onnx", "--out", bundles / "B8") == 0  # int8 is the default precision
     return bundles / "B8"
-
-
-@pytest.fixture(scope="module")
-def reference_image(tiny_dir) -> np.ndarray:
-    return FlashPipeline.from_model("tiny").generate(PROMPT, seed=SEED)
 
 
 # ---------------------------------------------------------------------------------------------- fp32

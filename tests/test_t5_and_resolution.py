@@ -21,6 +21,8 @@ from flash_edge.metrics import psnr
 from flash_edge.pipeline import FlashPipeline
 from flash_edge.sampler import gaussian_noise
 
+pytestmark = pytest.mark.slow  # exports at several sizes and diffusers runs: left out of the quick subset (pytest -m 'not slow')
+
 PROMPT = "two red circles above a blue square"
 
 

@@ -18,6 +18,9 @@ from flash_edge.bundle import Bundle, sha256_file
 from flash_edge.errors import BundleError, FlashError, GenerationError, InvalidInput, ModelLoadError
 from flash_edge.pipeline import FlashPipeline
 
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import edit_manifest as edit  # noqa: E402
+
 PROMPT = "a red circle on the left"
 
 
@@ -26,15 +29,6 @@ def bundle(torch_bundle, tmp_path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(torch_bundle, dst)
     return dst
-
-
-def edit(bundle: Path, change) -> dict:
-    """Apply ``change(manifest)`` to the bundle's manifest (in place) and write it back."""
-    mf = bundle / "manifest.json"
-    m = json.loads(mf.read_text())
-    change(m)
-    mf.write_text(json.dumps(m))
-    return m
 
 
 def relist(bundle: Path, rel: str) -> None:

@@ -22,12 +22,25 @@ VERSIONED = ("flash-edge", "numpy", "torch", "diffusers", "transformers", "onnxr
 
 # ----------------------------------------------------------------------------- latency
 def summarize(seconds: list[float]) -> dict:
-    """Median, p90 (linear interpolation, as numpy) and the raw values, in seconds."""
+    """Median, p90 (linear interpolation, as numpy), min, max, ``spread`` ((max - min) / median: the run-to-run
+    noise a ratio is judged against) and the raw values, in seconds."""
     if not seconds:
         raise InvalidInput("no timings to summarize")
     a = np.asarray(seconds, dtype=np.float64)
-    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "min": float(a.min()),
-            "n": int(a.size), "raw": [float(s) for s in a]}
+    median = float(np.median(a))
+    return {"median": median, "p90": float(np.percentile(a, 90)), "min": float(a.min()), "max": float(a.max()),
+            "spread": float((a.max() - a.min()) / median) if median > 0 else 0.0, "n": int(a.size),
+            "raw": [float(s) for s in a]}
+
+
+def within_noise(ratio: float, a: dict, b: dict) -> bool:
+    """Whether ``ratio`` = a / b (two ``summarize`` results) is indistinguishable from 1 given their spreads: its
+    distance from 1 (in log terms) is no larger than the two runs' relative ranges together. One repeat each has
+    no spread, and then nothing is called noise."""
+    import math
+
+    noise = a.get("spread", 0.0) + b.get("spread", 0.0)
+    return a.get("n", 1) > 1 and b.get("n", 1) > 1 and abs(math.log(ratio)) <= noise
 
 
 def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,12 @@ def _bars(ax, labels, series: dict, title: str) -> None:
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
+    # 1-2-5 ticks with plain numbers: a panel whose bars span less than a decade still has values on its axis
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("median ms (log scale)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best")
@@ -96,9 +100,11 @@ def quality_plot(results: dict, path: Path) -> Path:
         ax.set_xlabel("prompt (seed = index)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("flash-bench quality: " + " / ".join(f"p{i}: {p[:28]}" for i, p in
-                                                       enumerate(results["settings"]["prompts"][:4])) + " ...",
-                 fontsize=8)
+    prompts = results["settings"]["prompts"]
+    # every prompt, shortened at a word boundary, under the panels
+    key = [f"p{i}: {textwrap.shorten(p, 48, placeholder=' ...')}" for i, p in enumerate(prompts)]
+    fig.suptitle("flash-bench quality", fontsize=9)
+    fig.supxlabel("\n".join("    ".join(key[i:i + 2]) for i in range(0, len(key), 2)), fontsize=7)
     _save(fig, path)
     plt.close(fig)
     return path

@@ -19,10 +19,10 @@ import time
 from ..memory import POLICIES
 from ..errors import FlashError
 
-PROBE_PROMPT, PROBE_SEED = "a red circle above a blue square", 0
+from ..export.parity import GATE_PROMPT as PROBE_PROMPT, GATE_SEED as PROBE_SEED  # one check prompt everywhere
 
 
-def probe(bundle: str, backend: str = "auto", memory: str = "fast") -> dict:
+def probe(bundle: str, backend: str = "auto", memory: str = "fast", threads: int | None = None) -> dict:
     t_import = time.perf_counter()
     from ..pipeline import FlashPipeline
     from .measure import PeakRSS, current_rss, lifetime_peak_rss
@@ -30,7 +30,8 @@ def probe(bundle: str, backend: str = "auto", memory: str = "fast") -> dict:
     import_s = time.perf_counter() - t_import
     start = current_rss()
     with PeakRSS() as load:
-        pipe = FlashPipeline.from_bundle(bundle, backend=backend, verify=False, memory=memory)
+        pipe = FlashPipeline.from_bundle(bundle, backend=backend, verify=False, memory=memory,
+                                         **({"threads": threads} if threads else {}))
     spec = pipe.spec
     with PeakRSS() as enc:
         cond = pipe.encode(PROBE_PROMPT)
@@ -47,10 +48,11 @@ def probe(bundle: str, backend: str = "auto", memory: str = "fast") -> dict:
             "process_peak_rss": max(lifetime_peak_rss(), load.peak)}
 
 
-def run_probe(bundle: str, backend: str = "auto", timeout: float | None = None, memory: str = "fast") -> dict:
+def run_probe(bundle: str, backend: str = "auto", timeout: float | None = None, memory: str = "fast",
+              threads: int | None = None) -> dict:
     """Run :func:`probe` in a child process; a failure comes back as ``{"error": "..."}`` (one line)."""
     cmd = [sys.executable, "-m", "flash_edge.bench.probe", "--bundle", str(bundle), "--backend", backend,
-           "--memory", memory]
+           "--memory", memory] + (["--threads", str(threads)] if threads else [])
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
     except subprocess.TimeoutExpired:
@@ -68,10 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--backend", default="auto")
     p.add_argument("--memory", default="fast", choices=POLICIES)
+    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     quiet_libraries()
     try:
-        result = probe(args.bundle, args.backend, args.memory)
+        result = probe(args.bundle, args.backend, args.memory, args.threads)
     except FlashError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

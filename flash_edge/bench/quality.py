@@ -30,6 +30,26 @@ PROMPTS = (
     "a dog running on the street in the city, realistic photo",
 )
 
+# The built-in tiny model's domain (the shapes grammar, flash_edge/distill/dataset.py): its default prompt set,
+# since pictures outside what a model can draw measure little about an export's fidelity.
+SHAPES_PROMPTS = (
+    "a red circle above a blue square",
+    "a green triangle on the left",
+    "two yellow diamonds",
+    "a purple square at the top",
+    "an orange circle to the right of a blue triangle",
+    "three red squares",
+    "a blue diamond in the center",
+    "a yellow circle below a green square",
+)
+
+
+def default_prompts(model_names) -> tuple[str, ...]:
+    """The shapes prompts when every bundle was exported from the built-in ``tiny``, else the general set."""
+    names = set(model_names)
+    return SHAPES_PROMPTS if names == {"tiny"} else PROMPTS
+
+
 SSIM_SIGMA, SSIM_RADIUS, SSIM_K1, SSIM_K2 = 1.5, 5, 0.01, 0.03
 
 

@@ -9,20 +9,9 @@ import json
 import math
 from pathlib import Path
 
+from ..jsonsafe import json_safe  # noqa: F401 - benchmarks import it from here too
+
 MB = 1e6
-
-
-def json_safe(obj):
-    """inf/nan are not JSON: they are written as the strings "inf" / "nan"."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy scalars
-        return json_safe(obj.item())
-    return obj
 
 
 def _write(path: Path, text: str) -> Path:
@@ -90,7 +79,8 @@ def summary_rows(results: dict) -> list[list[str]]:
         rows.append([r["label"], _backend(r), r.get("precision") or "?", _mb(size["artifacts_bytes"]),
                      _num(tr.get("bits_per_parameter"), "{:.2f}"), _ms(lat["components"]["transformer"]),
                      f"{_ms(_e2e(lat, lat['bundle_steps']))} ({lat['bundle_steps']})",
-                     _x(ra.get("step_vs_reference")), _x(ra.get("e2e_vs_reference")), _x(ra.get("e2e_vs_diffusers")),
+                     *(_x(ra.get(k)) + (" ~" if k in ra.get("within_noise", ()) else "")
+                       for k in ("step_vs_reference", "e2e_vs_reference", "e2e_vs_diffusers")),
                      _x(lat["teacher"]["speedup"]) + ("" if lat["teacher"]["basis"] == "measured" else " (est.)"),
                      _mb(_memory(r, "generation_peak_rss")), _num(q.get("psnr_db_pooled"), "{:.1f}"),
                      _num(q.get("ssim_mean"), "{:.4f}"), _num(fl.get("fraction_of_gemm_peak"), "{:.1%}")])
@@ -114,7 +104,8 @@ def _latency_row(label: str, lat: dict, load: float | None) -> list[str]:
 def markdown(results: dict) -> str:
     s, gemm = results["settings"], results["gemm"]
     lines = ["# flash-bench results", "",
-             f"Machine: {results['machine_label']}. Absolute times are for this machine only; quote the ratios.",
+             f"Machine: {results['machine_label']}. Absolute times are for this machine only; quote the ratios. '~' marks a ratio within "
+             "run-to-run noise (no further from 1 than the two timings' (max - min) / median together).",
              f"Load average at start: {s.get('load_average_start')}, at the end: "
              f"{results['machine'].get('load_average')}.", "",
              f"Command: `{results['command']}`; {results['started']} to {results['finished']}.",

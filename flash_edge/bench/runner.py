@@ -12,7 +12,7 @@ import gc
 import time
 
 import numpy as np
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -38,7 +38,8 @@ class Options:
     diffusers: bool = True
     memory: bool = True  # the fresh-process memory probe
     memory_policies: tuple[str, ...] = ("fast",)  # flash_edge.memory: each bundle is measured under each
-    prompts: tuple[str, ...] = quality.PROMPTS
+    prompts: tuple[str, ...] | None = None  # None: quality.default_prompts for the bundles' model
+    threads: int | None = None  # CPU threads for every backend (None: each backend's default)
     e2e_steps: tuple[int, ...] = latency.E2E_STEPS  # end-to-end step counts (each bundle's own is always added)
     command: str = ""
     extra: dict = field(default_factory=dict)
@@ -78,11 +79,14 @@ def _ratios(lat: dict, ref: dict | None) -> dict:
     if not ref or "latency" not in ref:
         return {}
     own, rl = str(lat["bundle_steps"]), ref["latency"]
-    out = {"step_vs_reference": rl["components"]["transformer"]["median"] / lat["components"]["transformer"]["median"],
-           "decode_vs_reference": rl["components"]["vae_decoder"]["median"] / lat["components"]["vae_decoder"]["median"],
-           "e2e_vs_reference": rl["e2e"][own]["median"] / lat["e2e"][own]["median"]}
+    pairs = {"step_vs_reference": (rl["components"]["transformer"], lat["components"]["transformer"]),
+             "decode_vs_reference": (rl["components"]["vae_decoder"], lat["components"]["vae_decoder"]),
+             "e2e_vs_reference": (rl["e2e"][own], lat["e2e"][own])}
     if ref.get("diffusers") and "e2e" in ref["diffusers"]:
-        out["e2e_vs_diffusers"] = ref["diffusers"]["e2e"]["median"] / lat["e2e"][own]["median"]
+        pairs["e2e_vs_diffusers"] = (ref["diffusers"]["e2e"], lat["e2e"][own])
+    out = {k: a["median"] / b["median"] for k, (a, b) in pairs.items()}
+    # a ratio no further from 1 than the two runs' spreads is reported as within noise (report: "~")
+    out["within_noise"] = [k for k, (a, b) in pairs.items() if measure.within_noise(out[k], a, b)]
     return out
 
 
@@ -114,7 +118,8 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
     several = len(opts.memory_policies) > 1
     say(f"bundle {label}" + (f", memory policy {policy}" if several else ""))
     pipe, load = latency.time_call(
-        lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False, memory=policy))
+        lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False, memory=policy,
+                                          **({"threads": opts.threads} if opts.threads else {})))
     row = {"label": f"{label} [{policy}]" if several else label, "path": str(bundle.path),
            "model": bundle.manifest.get("model", {}).get("name"),
            "target": bundle.manifest.get("target"), "precision": bundle.manifest.get("precision"),
@@ -146,7 +151,7 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
         row["ratios"]["e2e_vs_" + first["memory_policy"]] = base["e2e"][own]["median"] / row["latency"]["e2e"][own]["median"]
     if opts.memory:
         say("  cold load and peak memory in a fresh process")
-        row["memory"] = probe.run_probe(str(bundle.path), opts.backend, memory=policy)
+        row["memory"] = probe.run_probe(str(bundle.path), opts.backend, memory=policy, threads=opts.threads)
     return row
 
 
@@ -155,14 +160,22 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
         raise InvalidInput(f"--repeats must be at least 1, got {opts.repeats}")
     if not opts.bundles:
         raise InvalidInput("name at least one --bundle to measure")
-    if len(opts.prompts) < 1:
+    if opts.prompts is not None and len(opts.prompts) < 1:
         raise InvalidInput("at least one prompt is needed")
+    if opts.threads is not None and opts.threads < 1:
+        raise InvalidInput(f"threads must be a positive integer, got {opts.threads}")
     if opts.teacher not in ("measure", "estimate"):
         raise InvalidInput(f"teacher mode must be 'measure' or 'estimate', got {opts.teacher!r}")
     started = datetime.now(timezone.utc)
     load_start = measure.machine_info()["load_average"]
     opened = [_open(p, opts) for p in opts.bundles]  # every bad path fails here, before any work
     bundles = [b for b, _ in opened]
+    if opts.threads:  # the PyTorch reference and the torch backend share torch's pool
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    if opts.prompts is None:
+        opts = replace(opts, prompts=quality.default_prompts(b.manifest.get("model", {}).get("name") for b in bundles))
     say("measuring the float32 GEMM peak")
     gemm = measure.gemm_peak()
 
@@ -204,6 +217,7 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine, "machine_label": measure.machine_label(machine), "gemm": gemm,
             "settings": {"repeats": opts.repeats, "warmup": 1, "backend": opts.backend, "teacher": opts.teacher,
+                         "threads": opts.threads,
                          "memory_policies": list(opts.memory_policies),
                          "e2e_steps": list(opts.e2e_steps), "prompts": list(opts.prompts),
                          "teacher_steps": latency.TEACHER_STEPS, "teacher_guidance": latency.TEACHER_GUIDANCE,

@@ -28,8 +28,10 @@ def parser():
     p.add_argument("--backend", default="auto", help="backend for every bundle: auto (default) or a registered one")
     p.add_argument("--model", help="the bundles' source model ('tiny' or a diffusers folder), when the path in "
                    "their manifest is not on this machine")
-    p.add_argument("--prompts", help="a text file with the quality prompts, one per line (default: the built-in 8; "
-                   "the first is also the latency prompt)")
+    p.add_argument("--prompts", help="a text file with the quality prompts, one per line (default: 8 built in, in "
+                   "the shapes domain for bundles of tiny; the first is also the latency prompt)")
+    p.add_argument("--threads", type=integer_arg, help="CPU threads for every backend and the reference "
+                   "(default: each library's own)")
     p.add_argument("--teacher", choices=("measure", "estimate"), default="measure",
                    help="run the 40-step CFG teacher setting, or estimate it from component times (default measure)")
     p.add_argument("--no-diffusers", dest="diffusers", action="store_false",
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         prompts = _read_prompts(args.prompts) if args.prompts else None
         opts = Options(bundles=args.bundle, repeats=args.repeats, height=args.height, width=args.width,
                        backend=args.backend, model=args.model, teacher=args.teacher, diffusers=args.diffusers,
-                       memory=args.memory, memory_policies=tuple(dict.fromkeys(args.memory_policies)),
+                       memory=args.memory, threads=args.threads, memory_policies=tuple(dict.fromkeys(args.memory_policies)),
                        e2e_steps=tuple(sorted(set(args.e2e_steps))),
                        **({"prompts": prompts} if prompts else {}), command=shlex.join([PROG, *argv]))
         results = run_bench(opts, say)
