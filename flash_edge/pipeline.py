@@ -39,6 +39,7 @@ class FlashPipeline:
         self.spec, self.sessions, self.tokenizers = spec, sessions, tokenizers
         self.info = dict(info or {})
         self.timings: dict[str, float] = {}
+        self.last_latent: np.ndarray | None = None  # the latest generate()'s final latent (before decoding)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -148,7 +149,8 @@ class FlashPipeline:
     # ----------------------------------------------------------------- the whole thing
     def generate(self, prompt: str, seed: int = 0, negative_prompt: str = "", on_step: StepCallback | None = None,
                  latents: np.ndarray | None = None) -> np.ndarray:
-        """prompt -> (1, 3, H, W) float image in [0, 1]; per-phase seconds land in ``self.timings``."""
+        """prompt -> (1, 3, H, W) float image in [0, 1]; per-phase seconds land in ``self.timings``, the final
+        latent in ``self.last_latent``."""
         check_prompt(prompt)
         check_prompt(negative_prompt, allow_empty=True)
         check_seed(seed)
@@ -159,6 +161,7 @@ class FlashPipeline:
         t1 = time.perf_counter()
         latent = self.denoise(cond, seed, uncond, on_step=on_step, latents=latents)
         t2 = time.perf_counter()
+        self.last_latent = latent
         image = self.decode(latent)
         self.timings = {"encode": t1 - t0, "denoise": t2 - t1, "decode": time.perf_counter() - t2}
         return image

@@ -119,6 +119,7 @@ def test_onnx_chunked_int8_equals_the_unchunked_int8(b8c3, tiny_parts):
     assert psnr(a, b) > 90.0, psnr(a, b)
 
 
+@pytest.mark.slow
 def test_onnx_chunked_qdq_calibrates_each_chunk_on_the_hidden_states(tiny_parts, tmp_path):
     """Static QDQ scales come from calibration: a later chunk is calibrated on the hidden states the earlier
     chunks produce from the same seeded inputs, so the chunks equal the whole QDQ model up to rounding: the
@@ -229,6 +230,7 @@ def test_missing_chunk_file_is_one_line_error(b8c3, tmp_path):
 
 
 # ----------------------------------------------------------------------------- ExecuTorch
+@pytest.mark.slow
 def test_executorch_chunked_int8_equals_the_unchunked_int8(tiny_parts, tmp_path):
     """Two .pte programs chained by the backend give what one program gives: the PT2E recipe quantizes each
     weight per channel and each activation per token at run time, whichever program it sits in."""
@@ -254,6 +256,7 @@ def test_executorch_chunked_int8_equals_the_unchunked_int8(tiny_parts, tmp_path)
 
 
 # ----------------------------------------------------------------------------- half-precision models, piece by piece
+@pytest.mark.slow
 def test_bf16_model_is_exported_piece_by_piece_in_fp32_and_left_as_it_was(tiny_parts, tmp_path):
     """A model loaded in bf16 (how SD3.5-Large fits a 24 GB machine) is traced one chunk at a time in fp32:
     afterwards every weight is bf16 again with the same values, and the int8 chunks match the bf16 model as

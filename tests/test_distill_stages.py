@@ -252,3 +252,37 @@ def test_merge_is_the_exact_weight_interpolation_and_ratio_is_chosen_on_the_metr
     assert best == 0.7 and len(scores) == 5
     with pytest.raises(ValueError, match="merge ratio"):
         split.merge(a, b, 1.5)
+
+
+# ----------------------------------------------------------------------------- decoder fine-tuning
+def test_decoder_finetune_trains_the_decoder_alone_and_keeps_the_latent_space(tmp_path):
+    """The transformer was trained in the encoder's latent space: fine-tuning touches the decoder only (encoder
+    weights, scaling and shift bit-identical), and the reconstruction loss on the training pictures falls."""
+    from flash_edge.distill.cli import main
+    from flash_edge.distill.decoder import finetune_decoder
+
+    fam = Family.build(tiny_test_config(32), seed=0)
+    images = torch.from_numpy(ShapesDataset(16, seed=0, size=32).arrays()[0])
+    encoder = copy.deepcopy(fam.vae.encoder.state_dict())
+    scale, shift = fam.vae.config.scaling_factor, fam.vae.config.shift_factor
+    def reconstruction_error():  # the whole set, through the posterior means: no sampling noise
+        with torch.no_grad():
+            return float(((fam.vae.decode(fam.vae.encode(images).latent_dist.mean).sample - images) ** 2).mean())
+
+    before = reconstruction_error()
+    losses = finetune_decoder(fam, images, steps=100, batch=8, lr=2e-3, seed=0)
+    assert len(losses) == 100 and reconstruction_error() < 0.75 * before
+    for k, v in fam.vae.encoder.state_dict().items():
+        assert torch.equal(v, encoder[k]), k
+    assert (fam.vae.config.scaling_factor, fam.vae.config.shift_factor) == (scale, shift)
+
+    # the command: a trained folder in, the same folder with the new decoder out (how it runs carried over)
+    src = fam.save(tmp_path / "student-4step-x")
+    (src / "flash_edge.json").write_text('{"t5_tokens": 0, "steps": 4, "size": 32}\n')
+    assert main(["decoder", "--model", str(src), "--out", str(tmp_path / "out"), "--steps", "2", "--batch", "4",
+                 "--train-images", "8", "--threads", "1"]) == 0
+    new = Family.load(tmp_path / "out")
+    assert (tmp_path / "out" / "flash_edge.json").read_text() == (src / "flash_edge.json").read_text()
+    for k, v in new.transformer.state_dict().items():
+        assert torch.equal(v, fam.transformer.state_dict()[k]), k  # the transformer is untouched
+    assert any(not torch.equal(v, fam.vae.decoder.state_dict()[k]) for k, v in new.vae.decoder.state_dict().items())

@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--student", default="student-4step-split", help="the folder under --run to ship")
     s.add_argument("--to", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "tiny_model")
     s.add_argument("--note", default="", help="text for TRAINING.md (the command that trained the run)")
+    d = sub.add_parser("decoder", help="fine-tune a trained folder's VAE decoder alone (latent space kept)")
+    d.add_argument("--model", type=Path, required=True, help="a trained folder (family.json), e.g. a student")
+    d.add_argument("--out", type=Path, required=True, help="the folder to write: --model with the new decoder")
+    d.add_argument("--steps", type=int, default=250)
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--lr", type=float, default=3e-4)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--train-images", type=int, default=20000, help="dataset pictures (dataset seed 0, as training)")
+    d.add_argument("--threads", type=int, default=0)
     e = sub.add_parser("eval", help="mini-GenEval of a trained folder")
     e.add_argument("--model", type=Path, required=True)
     e.add_argument("--steps", type=int, default=4)
@@ -235,6 +244,37 @@ def train(a) -> int:
     return 0
 
 
+def decoder_cmd(a) -> int:
+    """A trained folder -> the same folder with its VAE decoder fine-tuned (``decoder.py``), written atomically."""
+    from ..atomic import atomic_directory
+    from .dataset import ShapesDataset
+    from .decoder import finetune_decoder
+    from .models import Family
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if not (a.model / "family.json").is_file():
+        print(f"error: {a.model} is not a trained folder (no family.json)", file=sys.stderr)
+        return 2
+    family = Family.load(a.model)
+    images, _ = ShapesDataset(a.train_images, seed=0, size=family.config.size).arrays()
+    t0 = time.time()
+
+    def log(step, values):
+        if step % 50 == 0 or step < 3:
+            print(json.dumps({"stage": "decoder", "step": step, "time": round(time.time() - t0, 1), **values}),
+                  flush=True)
+
+    finetune_decoder(family, torch.from_numpy(images), a.steps, a.batch, a.lr, a.seed, log=log)
+    with atomic_directory(a.out, force=True, replaceable=is_model_folder) as tmp:
+        family.save(tmp)
+        defaults = a.model / "flash_edge.json"
+        if defaults.is_file():  # how it runs (steps, size) is the source folder's
+            (tmp / "flash_edge.json").write_text(defaults.read_text())
+    print(f"wrote {a.out}")
+    return 0
+
+
 def evaluate_cmd(a) -> int:
     from .evaluate import evaluate
     from .models import Family
@@ -320,4 +360,5 @@ def main(argv=None) -> int:
 
     a = _parser().parse_args(argv)
     _quiet()
-    return run("python -m flash_edge.distill", lambda: {"train": train, "ship": ship_cmd, "eval": evaluate_cmd}[a.command](a))
+    return run("python -m flash_edge.distill", lambda: {"train": train, "ship": ship_cmd, "eval": evaluate_cmd,
+                                                         "decoder": decoder_cmd}[a.command](a))
