@@ -107,7 +107,10 @@ def _batch(sigmas, seed=0):
 
 
 @pytest.mark.parametrize("share", [True, False])
-def test_timestep_sharing_queries_the_teacher_at_the_students_points(family, sigmas, share):
+def test_timestep_sharing_queries_the_teacher_where_the_students_next_step_runs(family, sigmas, share):
+    """Sharing: the scores are compared at sigma_{i+1} of the student's own schedule (its interior levels only:
+    never sigma = 1, never 0), on the student's x0 re-noised there with fresh noise. Random: anywhere in
+    [0.02, 0.98], off the schedule."""
     state = _dmd_state(family, sigmas, share_timesteps=share)
     b = _batch(sigmas)
     seen, hook = _recorder(state.teacher)
@@ -116,20 +119,30 @@ def test_timestep_sharing_queries_the_teacher_at_the_students_points(family, sig
                                                  with_kwargs=True)
     try:
         cond, uncond = family.encode([PROMPTS[i] for i in b["idx"].tolist()]), family.encode([""] * 8)
-        dmd.generator_loss(family, state, b, cond, uncond)
+        _, logs = dmd.generator_loss(family, state, b, cond, uncond)
     finally:
         hook.remove(), h2.remove()
-    student_t = (sigmas[b["step"]] * 1000.0)
     assert len(seen) == 2  # cond + uncond (CFG)
     if share:
-        assert all(torch.equal(t, student_t) for t in seen)
-        expected, _ = dmd.student_point(family, state, b["noise"], cond, b["step"])
-        assert torch.equal(inputs[0], expected)  # the student's own trajectory points
-        assert set(seen[0].tolist()) <= set((sigmas[:-1] * 1000).tolist())
+        k = len(sigmas) - 1
+        expected_t = sigmas[(b["step"] + 1).clamp(1, k - 1)]
+        assert all(torch.equal(t, expected_t * 1000.0) for t in seen)
+        assert set(seen[0].tolist()) <= set((sigmas[1:-1] * 1000).tolist())  # interior levels only
+        assert 1000.0 not in seen[0].tolist() and 0.0 not in seen[0].tolist()
+        t = expected_t.reshape(-1, 1, 1, 1)
+        assert torch.allclose(inputs[0], (1 - t) * logs["x0"] + t * b["eps_dmd"])  # x0 re-noised, fresh noise
     else:
         t = seen[0] / 1000.0
         assert not set(seen[0].tolist()) & set((sigmas[:-1] * 1000).tolist())
         assert bool(torch.all((t >= 0.02 - 1e-6) & (t <= 0.98 + 1e-6)))
+
+
+def test_sharing_needs_interior_levels():
+    one_step = flow.schedule(1, 3.0)
+    with pytest.raises(ValueError, match="2 or more steps"):
+        dmd.shared_timesteps(one_step, torch.tensor([0]))
+    two = flow.schedule(2, 3.0)
+    assert torch.equal(dmd.shared_timesteps(two, torch.tensor([0, 1])), two[[1, 1]])
 
 
 def test_each_update_changes_only_its_own_weights(family, sigmas):

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dmd-iters", type=int, default=2000)
     t.add_argument("--no-timestep-sharing", action="store_true", help="DMD at random timesteps (the ablation)")
     t.add_argument("--adv-weight", type=float, default=0.1)
+    t.add_argument("--fake-updates", type=int, default=1, help="fake-model updates per generator update (DMD2: 5)")
     t.add_argument("--split-iters", type=int, default=500)
     t.add_argument("--merge-ratios", default="0,0.3,0.5,0.7,1")
     t.add_argument("--eval-n", type=int, default=200)
@@ -215,7 +216,7 @@ def train(a) -> int:
         student = student_from(s1)
         state = dmd.make_state(student, family.transformer, sigmas,
                                dmd.DMDConfig(share_timesteps=not a.no_timestep_sharing, guidance=a.teacher_guidance,
-                                             adv_weight=a.adv_weight))
+                                             adv_weight=a.adv_weight, fake_updates=a.fake_updates))
         dmd.train_dmd(family, state, pprompts, points[:, -1], a.dmd_iters, a.batch, a.seed, ctx, log=run.log("dmd"))
         run.save(family, s2, state.student)
     # ------------------------------------------------------------ stage 3

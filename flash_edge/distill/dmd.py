@@ -5,8 +5,12 @@ schedule and predicts the clean latent x0 = x_i - sigma_i v_student(x_i) (with g
 x0 is the gap between two x0-predictions at a noisy sample (x_t, t): the fake score model's (trained on the
 student's outputs) minus the teacher's (with CFG), normalised per sample as in DMD.
 
-* **timestep sharing** (default): (x_t, t) = (x_i, sigma_i), the student's own trajectory point at its own
-  step timestep, so real and fake scores are only ever queried where the student actually runs;
+* **timestep sharing** (default): t = sigma_{i+1}, the next noise level of the student's own schedule (clamped
+  to its interior levels sigma_1 .. sigma_{k-1}), and x_t = x0 re-noised to it with fresh noise: exactly where
+  the student's next step runs (the ``renoise`` rule), so real and fake scores are only queried at the
+  student's interior timesteps, never at sigma = 1 (pure noise, where both scores only know the data mean; the
+  first version compared them at the student's own point x_i, sigma_0 = 1 included, and DMD drifted: see
+  ``benchmarks/results/distill-ablation.md``) and never at sigma = 0;
 * random timesteps (the ablation): t ~ U(t_min, t_max), x_t = (1 - t) x0 + t noise.
 
 The adversarial loss: a :class:`Discriminator` of small heads on the fake model's image-token features at a
@@ -125,12 +129,24 @@ def student_point(family: Family, state: DMDState, noise, cond, step) -> tuple[t
     return points[torch.arange(len(step)), step], sig[step]
 
 
+def shared_timesteps(sigmas: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The noise level the student's next step re-noises to: sigma_{i+1} for step i, clamped to the interior
+    levels sigma_1 .. sigma_{k-1} (never 1, never 0). A 1-step schedule has none: use random timesteps."""
+    k = len(sigmas) - 1
+    if k < 2:
+        raise ValueError("timestep sharing needs a schedule of 2 or more steps (interior noise levels); use "
+                         "--no-timestep-sharing for a 1-step student")
+    return sigmas[(step + 1).clamp(1, k - 1)]
+
+
 def dmd_noisy_sample(state: DMDState, x_i, sigma_i, x0, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the real and fake scores are compared: shared (the student's point) or random."""
+    """Where the real and fake scores are compared: x0 re-noised to a shared (the student's next interior
+    level) or a random timestep, with fresh noise."""
     c = state.config
     if c.share_timesteps:
-        return x_i, sigma_i
-    t = c.t_min + (c.t_max - c.t_min) * b["t_random"]
+        t = shared_timesteps(state.sigmas, b["step"].to(state.sigmas.device))
+    else:
+        t = c.t_min + (c.t_max - c.t_min) * b["t_random"]
     return noised(x0.detach(), b["eps_dmd"], t), t
 
 
