@@ -212,6 +212,7 @@ def _timing(s):
     assert s["n"] == len(s["raw"]) == 1 and s["median"] > 0 and s["p90"] >= s["median"] and s["min"] > 0
 
 
+@pytest.mark.slow
 def test_report_json_has_every_field(report, torch_bundle, bf16_bundle):
     out, r = report
     assert r["schema"] == "flash-bench/1" and r["command"].startswith("flash-bench --bundle")
@@ -253,6 +254,7 @@ def test_report_json_has_every_field(report, torch_bundle, bf16_bundle):
         assert mem["process_peak_rss"] >= mem["generation_peak_rss"]
 
 
+@pytest.mark.slow
 def test_report_sizes_bits_and_quality_are_consistent(report):
     _, r = report
     fp32, bf16 = r["bundles"]
@@ -274,6 +276,7 @@ def test_report_sizes_bits_and_quality_are_consistent(report):
     assert 30 < bf16["quality"]["psnr_db_pooled"] < 80 and 0.98 < bf16["quality"]["ssim_mean"] < 1.0
 
 
+@pytest.mark.slow
 def test_report_markdown_and_plots(report):
     out, r = report
     md = (out / "results.md").read_text()

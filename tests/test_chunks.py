@@ -78,6 +78,7 @@ def b8c3(tmp_path_factory, tiny_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_onnx_chunked_bundle_lists_hashes_and_quantizes_each_chunk(b8c3):
     import onnx
 
@@ -100,6 +101,7 @@ def test_onnx_chunked_bundle_lists_hashes_and_quantizes_each_chunk(b8c3):
     assert entry.options["chunks"][0]["build"]["pos_embed_cropped"] == [{"from": [1, 256, 128], "to": [1, 16, 128]}]
 
 
+@pytest.mark.slow
 def test_onnx_chunked_int8_equals_the_unchunked_int8(b8c3, tiny_parts):
     """Dynamic int8 quantizes each weight per output channel and each activation per tensor at run time, so
     cutting the graph between blocks changes nothing but float summation order: the chained chunks equal the
@@ -143,6 +145,7 @@ def test_onnx_chunked_qdq_calibrates_each_chunk_on_the_hidden_states(tiny_parts,
     assert psnr(a, b) > 45.0
 
 
+@pytest.mark.slow
 def test_onnx_chunked_image_passes_the_gate(b8c3):
     manifest = Bundle.open(b8c3).manifest
     results = manifest["parity"]["results"]
@@ -153,6 +156,7 @@ def test_onnx_chunked_image_passes_the_gate(b8c3):
     assert 45.0 <= value < 100.0, value
 
 
+@pytest.mark.slow
 def test_stream_opens_one_chunk_at_a_time_and_draws_the_same_image(b8c3):
     """The ``stream`` policy: each chunk is opened just before it runs, the one before it already gone (weak
     references: the session object is freed, not just forgotten), once per chunk per step; none survives the
@@ -217,6 +221,7 @@ def test_broken_chunk_chain_is_a_bundle_error():
         chunk_specs(_entry([(("latent",), ("h0",)), (("h0",), ("h1",))]), "transformer")
 
 
+@pytest.mark.slow
 def test_missing_chunk_file_is_one_line_error(b8c3, tmp_path):
     import shutil
 

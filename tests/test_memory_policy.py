@@ -18,7 +18,7 @@ PROMPT = "a blue square above a yellow triangle"
 ALL = ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")
 
 
-@pytest.fixture(params=["torch", "onnx"])
+@pytest.fixture(params=["torch", pytest.param("onnx", marks=pytest.mark.slow)])  # onnx: an export, slow subset
 def bundle(request):
     return request.getfixturevalue("torch_bundle" if request.param == "torch" else "onnx_fp32_bundle")
 
@@ -106,6 +106,7 @@ def test_flash_generate_memory_low_writes_the_same_png(torch_bundle, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "low.png")), np.asarray(Image.open(tmp_path / "fast.png")))
 
 
+@pytest.mark.slow
 def test_flash_bench_measures_each_policy_and_checks_the_pictures(torch_bundle):
     from flash_edge.bench.runner import Options, run_bench
 

@@ -22,7 +22,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial.png")
     fig.savefig(tmp, dpi=DPI)  # no bbox_inches="tight": the size stays FIGSIZE x DPI
     tmp.replace(path)

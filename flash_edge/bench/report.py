@@ -14,7 +14,9 @@ from ..jsonsafe import json_safe  # noqa: F401 - benchmarks import it from here 
 MB = 1e6
 
 
-def _write(path: Path, text: str) -> Path:
+def _write(path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
