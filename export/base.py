@@ -63,6 +63,15 @@ class Exporter(ABC):
     # them in a group of their own and passes their values to ``__init__`` as keyword options; giving one
     # with another --target is an error. Keep the module importable without the target's packages.
     cli_options: ClassVar[dict[str, dict]] = {}
+    # Options the Python API (and benchmarks) may pass that have no flag: name -> default.
+    api_options: ClassVar[dict[str, object]] = {}
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, object]:
+        """Every option this target takes, with its default: the declared flags' and ``api_options``."""
+        flags = {kw.get("dest") or flag.lstrip("-").replace("-", "_"): kw.get("default")
+                 for flag, kw in cls.cli_options.items()}
+        return {**flags, **cls.api_options}
 
     def __init__(self, precision: str | None = None, **options):
         precision = precision or self.default_precision
@@ -70,7 +79,17 @@ class Exporter(ABC):
             raise InvalidInput(f"target {self.target} does not support precision {precision!r}; "
                                f"choose one of {', '.join(self.precisions)}")
         self.precision = precision
-        self.options = options
+        defaults = self.option_defaults()
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:  # a misspelled option is an error, not silently the default
+            raise InvalidInput(f"unknown {self.target} option(s) {unknown}; the {self.target} target takes "
+                               f"{sorted(defaults)}")
+        for flag, kw in self.cli_options.items():  # the declared choices hold for the API as for the CLI
+            name = kw.get("dest") or flag.lstrip("-").replace("-", "_")
+            value = options.get(name)
+            if "choices" in kw and value is not None and value not in kw["choices"]:
+                raise InvalidInput(f"{flag} must be one of {', '.join(map(str, kw['choices']))}, got {value!r}")
+        self.options = {**defaults, **{k: v for k, v in options.items() if v is not None}}
         reason = self.unavailable_reason()
         if reason:
             raise BackendUnavailable(f"cannot export to {self.target}: {reason}")

@@ -51,12 +51,12 @@ class CoreMLExporter(Exporter):
     }
 
     def __init__(self, precision=None, **options):
-        super().__init__(precision, **options)
-        self.chunks = parse_chunks(options.get("chunks"))
-        self.deployment_target = options.get("deployment_target") or "iOS17"
-        self.compute_units = options.get("compute_units") or "CPU_AND_NE"
-        self.sweep = options.get("quality_sweep") or "auto"
-        self.compile = bool(options.get("compile"))
+        super().__init__(precision, **options)  # unknown names and the declared choices are refused there
+        self.chunks = parse_chunks(self.options["chunks"])
+        self.deployment_target = self.options["deployment_target"]
+        self.compute_units = self.options["compute_units"]
+        self.sweep = self.options["quality_sweep"]
+        self.compile = bool(self.options["compile"])
         from ..errors import InvalidInput
 
         if self.compile and platform.system() != "Darwin":

@@ -197,13 +197,16 @@ class ExecuTorchExporter(Exporter):
                                         "weights), always, never"),
     }
 
+    # API-only options: how attention is lowered (benchmarks compare them) and one recipe for every component
+    api_options = {"attention": "bmm", "recipe": None}
+
     def __init__(self, precision=None, **options):
-        super().__init__(precision, **options)
-        self.delegate = options.get("delegate") or "xnnpack"
-        self.external_weights = options.get("external_weights") or "auto"
-        self.attention = options.get("attention") or "bmm"
-        self.recipe_override = options.get("recipe")  # benchmarks: one recipe for one component
-        self.chunks = parse_chunks(options.get("chunks"))
+        super().__init__(precision, **options)  # unknown names and the declared choices are refused there
+        self.delegate = self.options["delegate"]
+        self.external_weights = self.options["external_weights"]
+        self.attention = self.options["attention"]
+        self.recipe_override = self.options["recipe"]  # benchmarks: one recipe for one component
+        self.chunks = parse_chunks(self.options["chunks"])
         if self.external_weights not in EXTERNAL_WEIGHTS:
             raise InvalidInput(f"--external-weights must be one of {', '.join(EXTERNAL_WEIGHTS)}, "
                                f"got {self.external_weights!r}")

@@ -122,17 +122,7 @@ class OnnxExporter(Exporter):
     }
 
     def __init__(self, precision=None, **options):
-        defaults = {flag.lstrip("-").replace("-", "_"): kw["default"] for flag, kw in self.cli_options.items()}
-        unknown = sorted(set(options) - set(defaults))
-        if unknown:
-            raise InvalidInput(f"unknown onnx option(s) {unknown}; the onnx target takes {sorted(defaults)}")
-        super().__init__(precision, **{**defaults, **options})
-        if self.options["int8_mode"] not in ("dynamic", "qdq"):
-            raise InvalidInput(f"int8_mode must be dynamic or qdq, got {self.options['int8_mode']!r}")
-        if self.options["int8_weights"] not in ("u8", "s8"):
-            raise InvalidInput(f"int8_weights must be u8 or s8, got {self.options['int8_weights']!r}")
-        if self.options["external_data"] not in ("auto", "always"):
-            raise InvalidInput(f"external_data must be auto or always, got {self.options['external_data']!r}")
+        super().__init__(precision, **options)  # unknown names and the declared choices are refused there
         if self.options["quantize_vae"] and self.precision != "int8":
             raise InvalidInput("--quantize-vae applies to --precision int8 only")
         self.options["chunks"] = parse_chunks(self.options["chunks"])

@@ -323,3 +323,28 @@ def test_inspect_refuses_what_is_not_a_bundle(tmp_path):
 
     code, err = run_cli(inspect_cli.main, tmp_path)
     assert_one_line_error(code, err, r"is not a flash-edge bundle: it has no manifest.json")
+
+
+# ----------------------------------------------------------------------------- exporter options, declared once
+@pytest.mark.parametrize("target", ["torch", "onnx", "coreml", "executorch"])
+def test_a_misspelled_exporter_option_is_refused_not_ignored(target):
+    """Each exporter class declares its options (flags and API-only ones) once; the base class refuses any other
+    name and holds the API to the flags' choices, so ``compute_unit="CPU_ONLY"`` is an error, not the default."""
+    from flash_edge.errors import InvalidInput
+    from flash_edge.export import exporter_class, get_exporter
+
+    with pytest.raises(InvalidInput, match=rf"unknown {target} option\(s\) \['chunk'\]; the {target} target takes"):
+        get_exporter(target, None, chunk=2)
+    defaults = exporter_class(target).option_defaults()
+    assert get_exporter(target, None).options == defaults  # nothing given: every declared default
+
+
+def test_api_options_follow_the_flags_choices():
+    from flash_edge.errors import InvalidInput
+    from flash_edge.export import get_exporter
+
+    with pytest.raises(InvalidInput, match="--external-weights must be one of auto, always, never, got 'sometimes'"):
+        get_exporter("executorch", None, external_weights="sometimes")
+    with pytest.raises(InvalidInput, match="--compute-units must be one of"):
+        get_exporter("coreml", None, compute_units="GPU")
+    assert get_exporter("executorch", None).options["attention"] == "bmm"  # an API-only option, declared
