@@ -71,13 +71,7 @@ class CoreMLExporter(Exporter):
 
     # ----------------------------------------------------------------- gate floors
     def parity_floor_db(self, component, precision):
-        # fp16: 10 mantissa bits in weights and activations; ~35 dB is the bar for every half
-        # precision (measured on the trained built-in model: components 75-79 dB, image 73.9 dB). Palettized
-        # floors, from the trained built-in model with iOS17 (per-tensor) LUTs (README "Core ML target"): image
-        # w8 62.8, w6 47.2, w4 26.2 dB; components (worst: CLIP-L) w8 59.3, w6 44.2, w4 30.5 dB. Image floors
-        # sit 4-9 dB under (trained weights quantize worse than the random ones these floors were first set on:
-        # w4 lost 18 dB); component floors are unchanged and still ~15 dB under. A LUT on the wrong tensor or a
-        # broken read-back costs tens of dB; k-means initialisation and library versions move results by a few.
+        # the measurements behind these: README "Parity floors"
         if precision == "fp16":
             return 35.0
         if component in ("vae_decoder",):

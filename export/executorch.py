@@ -56,12 +56,7 @@ DELEGATE_NOTES = {
     "mps": "macOS with an executorch build that has the MPS backend",
 }
 
-# Parity floors (dB, vs the fp32 PyTorch reference), by what the artifact holds. fp32: the 35 dB bar
-# (measured 87.7 dB image, >95 dB per component on the trained tiny). Quantized: measured on the trained tiny
-# (seed 0 dummy inputs and the gate's image), floors 5-13 dB below the lowest measurement, so thread-order and
-# library-version noise cannot trip them while a broken recipe (wrong scales, a layer left unquantized in the
-# wrong dtype) still fails by tens of dB. int8: components 51.3-54.0 dB, image 50.0 dB. 8da4w (int4
-# transformer): transformer 37.0 dB, image 38.8 dB.
+# Parity floors (dB vs the fp32 PyTorch reference) by what the artifact holds: measurements in README "Parity floors".
 FLOORS_DB = {"fp32": 35.0, "int8": 38.0, "8da4w": 30.0}
 IMAGE_FLOORS_DB = {"fp32": 35.0, "int8": 45.0, "8da4w": 29.0}
 

@@ -37,18 +37,7 @@ OFFLINE_OPTIMIZER_SKIPPED = (
     "optimized weights at once (2.6x the weights, measured on a 4-block SD3.5-Medium transformer: ~25 GB for "
     "the full fp32 one), and the same basic-level fusions run anyway when a session loads the model")
 
-# Parity floors (dB PSNR vs the fp32 PyTorch reference), from measurements on the built-in tiny model
-# (README "ONNX target"; min over 4 prompts/seeds for the image):
-# - fp32: components 128-144 dB, image 129 dB: only kernel summation order differs; 60 dB as the torch target.
-# - fp16: components 68-77 dB, image 65 dB; 35 dB is the cross-target bar for half precision.
-# - int8 dynamic, on the trained tiny: text encoders 50.8 / 53.1, transformer 54.6, image 55.1 at the gate's
-#   prompt but 49.5 at another (trained weights: some prompts' 4-step trajectories move more); on the earlier
-#   random-weight tiny, with --quantize-vae the VAE 39.4 and the image 39.3. int8 QDQ (random-weight tiny):
-#   text encoders 39.8 / 41.8, transformer 53.5, image 45.0; VAE 35.0.
-#   Those were s8 weights on a VNNI CPU; with the default u8 weights on an AVX2-only CPU: text encoders 51.0 /
-#   53.0, transformer 55.2, image 52.6 (s8 there: 33.6 / 29.2 / 41.5 / 26.2, see onnx_passes.quantize_int8).
-#   Floors sit ~5 dB under the measured values: a wrong scale or an op quantized that must not be costs
-#   10-30 dB, while library versions move the result by a dB or two.
+# Parity floors (dB PSNR vs the fp32 PyTorch reference): the measurements behind them are in README "Parity floors".
 FLOORS = {
     ("fp32", "*"): {"*": 60.0},
     ("fp16", "*"): {"*": 35.0},
