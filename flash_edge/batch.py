@@ -35,6 +35,19 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def seeds_from(seed: int, seeds: str | None, num_images: int | None) -> list[int]:
+    """The command's seeds: ``--seeds`` as given, else ``--num-images`` of them from ``--seed`` (default one)."""
+    if seeds is not None:
+        if num_images is not None:
+            raise InvalidInput("--num-images counts from --seed; with --seeds, list the seeds you want")
+        return parse_seeds(seeds)
+    first = check_seed(seed)
+    n = 1 if num_images is None else num_images
+    if n < 1:
+        raise InvalidInput(f"--num-images must be at least 1, got {n}")
+    return parse_seeds(f"{first}-{first + n - 1}")
+
+
 def read_prompts(path: str | Path) -> list[str]:
     """A prompts file: UTF-8 text, one prompt per line; blank lines and lines starting with ``#`` are skipped."""
     path = Path(path)

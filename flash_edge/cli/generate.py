@@ -50,15 +50,14 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
 
     def body():
-        from ..batch import contact_sheet, output_paths, parse_seeds, read_prompts
+        from ..batch import contact_sheet, output_paths, read_prompts, seeds_from
         from ..errors import InvalidInput
         from ..image import check_png_path, save_png
-        from ..sampler import check_seed
         from ..tokenization import check_prompt
 
         say = Progress(not args.quiet)
         prompts = read_prompts(args.prompts) if args.prompts else [check_prompt(args.prompt)]
-        seeds = batch_seeds(args, parse_seeds, check_seed, InvalidInput)
+        seeds = seeds_from(args.seed, args.seeds, args.num_images)
         paths = output_paths(args.out, len(prompts), seeds)
         for path in [p for row in paths for p in row] + ([args.grid] if args.grid else []):
             check_png_path(path, args.force)
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
         if args.bundle and args.config:
             raise InvalidInput("--config applies to a single-file --model, not to --bundle")
         quiet_libraries()
-        pipe = load(args, say, InvalidInput)
+        pipe = load(args, say)
         backends = pipe.info["backends"]
         say("backends: " + ", ".join(f"{c} {b}" for c, b in backends.items()))
         rows, single = [], len(prompts) * len(seeds) == 1
@@ -93,23 +92,11 @@ def main(argv=None) -> int:
     return run(PROG, body)
 
 
-def batch_seeds(args, parse_seeds, check_seed, InvalidInput) -> list[int]:
-    """--seed, --seeds or --seed + --num-images -> the seeds, checked."""
-    if args.seeds is not None:
-        if args.num_images is not None:
-            raise InvalidInput("--num-images counts from --seed; with --seeds, list the seeds you want")
-        return parse_seeds(args.seeds)
-    first = check_seed(args.seed)
-    n = 1 if args.num_images is None else args.num_images
-    if n < 1:
-        raise InvalidInput(f"--num-images must be at least 1, got {n}")
-    return parse_seeds(f"{first}-{first + n - 1}")
-
-
-def load(args, say, InvalidInput):
+def load(args, say):
     """The pipeline, loaded once for the whole batch; says how long loading took."""
     import time
 
+    from ..errors import InvalidInput
     from ..pipeline import FlashPipeline
 
     t0 = time.perf_counter()
