@@ -42,21 +42,26 @@ def measure(folder: Path, n: int) -> dict:
     student, images, _ = evaluate(family, family.transformer, steps, n=n)
     return {"folder": str(folder), "steps": steps,
             "vae_reconstruction": {"geneval": score(list(rec8), prompts).as_dict(),
-                                   "psnr_db": psnr(real8.astype(np.float64), rec8.astype(np.float64), data_range=255.0)},
+                                   "psnr_db": psnr(real8.astype(np.float64), rec8.astype(np.float64), data_range=255.0),
+                                   "artefacts": artefact_score(list(rec8))},
+            "dataset_pictures_artefacts": artefact_score(list(real8)),
             "student": student.as_dict(), "artefacts": artefact_score(images)}
 
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = [f"Command: `{command}`", "",
              "| model | VAE reconstructions: mini-GenEval (200 pictures) | reconstruction PSNR dB | student overall | "
-             "colour | shape | position | count | two-object | artefacts ring / far | flagged |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "colour | shape | position | count | two-object | artefacts ring / far | flagged | reconstructions' artefacts ring / far |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, a = r["student"], r["artefacts"]
         lines.append(f"| {r['label']} | {r['vae_reconstruction']['geneval']['overall']:.3f} | "
                      f"{r['vae_reconstruction']['psnr_db']:.2f} | {s['overall']:.2f} | {s['colour']:.2f} | "
                      f"{s['shape']:.2f} | {s['position']:.2f} | {s['count']:.2f} | {s['two-object']:.2f} | "
-                     f"{a['ring']:.1f} / {a['far']:.1f} | {'yes' if a['flagged'] else 'no'} |")
+                     f"{a['ring']:.1f} / {a['far']:.1f} | {'yes' if a['flagged'] else 'no'} | "
+                     f"{r['vae_reconstruction']['artefacts']['ring']:.1f} / {r['vae_reconstruction']['artefacts']['far']:.1f} |")
+    d = rows[0]["dataset_pictures_artefacts"]
+    lines += ["", f"The 200 dataset pictures themselves: artefacts ring / far {d['ring']:.2f} / {d['far']:.2f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -65,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", action="append", required=True, help="LABEL=DIR")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--out", type=Path, default=RESULTS / "decoder-finetune")
+    ap.add_argument("--curve", type=Path, help="a JSON-lines log of a decoder run's checkpoints (decoder_steps, "
+                    "recon, student_4step), quoted in the table's notes")
     a = ap.parse_args(argv)
     from flash_edge.cli.common import quiet_libraries
 
@@ -75,8 +82,18 @@ def main(argv=None) -> int:
         rows.append({"label": label, **measure(Path(folder), a.n)})
         print(json.dumps(rows[-1]), flush=True)
     command = "python -m benchmarks.decoder_finetune " + " ".join(argv if argv is not None else sys.argv[1:])
-    a.out.with_suffix(".json").write_text(json.dumps({"command": command, "n": a.n, "rows": rows}, indent=1) + "\n")
-    a.out.with_suffix(".md").write_text(markdown(rows, command))
+    curve = [json.loads(line) for line in a.curve.read_text().splitlines()] if a.curve else []
+    a.out.with_suffix(".json").write_text(json.dumps({"command": command, "n": a.n, "rows": rows, "curve": curve},
+                                                     indent=1) + "\n")
+    text = markdown(rows, command)
+    if curve:
+        text += ("\nThe decoder run's checkpoints (" + str(a.curve.name) + ": one thread, seed 7, batch 32, AdamW 3e-4; "
+                 "student = the 4-step student's mini-GenEval on the same 100 prompts):\n\n"
+                 "| decoder steps | reconstructions mini-GenEval | reconstruction PSNR dB | student overall |\n"
+                 "|---|---|---|---|\n"
+                 + "".join(f"| {c['decoder_steps']} | {c['recon']['overall']:.3f} | {c['recon_psnr']:.2f} | "
+                           f"{c['student_4step']['overall']:.2f} |\n" for c in curve))
+    a.out.with_suffix(".md").write_text(text)
     return 0
 
 

@@ -8,12 +8,12 @@ the background colour (the border's median, as mini-GenEval takes it) in two reg
 a halo sits; and the **far** background beyond it. A set of pictures is **flagged** when its mean ring deviation
 exceeds ``RING_FLAG`` or its mean far deviation ``FAR_FLAG``.
 
-The thresholds come from measurements on 200 held-out dataset images (``tests/test_artefacts.py`` re-measures
-the first two): the images themselves score ring 0.01 / far 0.00; the same images through the shipped VAE's
-round trip (the floor of any model decoding with it) 7.5 / 3.5; the shipped 4-step student's 100 evaluation
-pictures 11.1 / 4.7; faint rings (10-25% strength, 2-5 px around every shape) drawn onto the round-tripped
-images 25.8 / 3.5. A halo strong enough to pass ``OBJECT_DISTANCE`` joins its shape instead, and then the shape
-check of mini-GenEval (IoU with the ideal shape) is what catches it.
+The thresholds come from measurements on 200 held-out dataset images: the images themselves score ring 0.01 /
+far 0.00; their round trip through the shipped VAE 5.3 / 2.2 (7.4 / 3.5 through the recipe's decoder), the floor
+of any model decoding with it (``benchmarks/results/decoder-finetune.md``); the shipped 4-step student's 100
+evaluation pictures 8.1 / 3.3; faint rings (10-25% strength, 2-5 px around every shape) drawn onto dataset
+pictures 29 / 0 (``tests/test_artefacts.py``). A halo strong enough to pass ``OBJECT_DISTANCE`` joins its shape
+instead, and then the shape check of mini-GenEval (IoU with the ideal shape) is what catches it.
 """
 
 from __future__ import annotations
