@@ -76,7 +76,7 @@ class CoreMLExporter(Exporter):
             return 35.0
         if component in ("vae_decoder",):
             return 35.0  # never palettized
-        floors = {"image": {"w8": 54.0, "w6": 42.0, "w4": 22.0}, "*": {"w8": 38.0, "w6": 29.0, "w4": 15.0}}
+        floors = {"image": {"w8": 50.0, "w6": 35.0, "w4": 18.0}, "*": {"w8": 38.0, "w6": 29.0, "w4": 15.0}}
         return floors["image" if component == "image" else "*"][precision]
 
     # ----------------------------------------------------------------- conversion

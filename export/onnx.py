@@ -42,7 +42,7 @@ FLOORS = {
     ("fp32", "*"): {"*": 60.0},
     ("fp16", "*"): {"*": 35.0},
     ("int8", "dynamic"): {"text_encoder": 38.0, "text_encoder_2": 38.0, "text_encoder_3": 38.0,
-                          "transformer": 50.0, "vae_decoder": 60.0, "image": 45.0},
+                          "transformer": 50.0, "vae_decoder": 60.0, "image": 42.0},
     ("int8", "qdq"): {"text_encoder": 35.0, "text_encoder_2": 35.0, "text_encoder_3": 35.0,
                       "transformer": 48.0, "vae_decoder": 60.0, "image": 40.0},
 }
