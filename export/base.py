@@ -1,8 +1,15 @@
 """The exporter contract. One subclass per target (``export/<target>.py``), one registry line.
 
 An exporter turns one wrapped component (a ``torch.nn.Module`` honouring its ``ComponentSpec``) into an
-artifact inside the bundle's temporary directory and says which files it wrote. It never special-cases a
-model: what differs between components is in the spec, what differs between targets is in the exporter.
+artifact inside the bundle's temporary directory. It never special-cases a model: what differs between
+components is in the spec, what differs between targets is in the exporter.
+
+The base class owns the chunking (``export/chunks.py``, the export side of ``runtimes/chunked.open_chained``):
+``export_component`` splits the component into pieces, a target converts one piece into one ``Program`` in the
+folder it is given (``<component>/`` or ``<component>/chunk{i}/``), and the base class lists the files and
+writes one layout for every target. Unchunked, the entry's ``options`` are the component's options plus the
+program's own facts; chunked, ``options.chunks`` lists one ``{path, files, inputs, outputs, **facts}`` per
+program in run order, and ``options`` holds the component's options.
 """
 
 from __future__ import annotations
@@ -36,6 +43,26 @@ def parse_chunks(value) -> str | int:
     if count < 1:
         raise InvalidInput(f"--chunks must be at least 1, got {value!r}")
     return count
+
+
+@dataclass
+class Program:
+    """One program a target wrote: the whole component, or one chunk of it."""
+
+    path: str  # its main file or package, relative to the bundle root
+    precision: str
+    facts: dict = field(default_factory=dict)  # this program's own manifest facts (per chunk when chunked)
+    shared: dict = field(default_factory=dict)  # facts about the component as a whole (see component_options)
+
+
+def chunk_entry(program: Program, files: list[str], spec: ComponentSpec) -> dict:
+    """One ``options.chunks`` item: the layout every target writes and every runtime reads."""
+    return {"path": program.path, "files": files, **spec.io_dict(), **program.facts}
+
+
+def files_under(root: Path, folder: Path) -> list[str]:
+    """Every file below ``folder``, relative to the bundle root, sorted."""
+    return sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 @dataclass
@@ -90,6 +117,9 @@ class Exporter(ABC):
             if "choices" in kw and value is not None and value not in kw["choices"]:
                 raise InvalidInput(f"{flag} must be one of {', '.join(map(str, kw['choices']))}, got {value!r}")
         self.options = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        if "chunks" in self.options:
+            self.options["chunks"] = parse_chunks(self.options["chunks"])
+        self.exported: dict[str, Artifact] = {}  # component -> what export_component wrote, for manifest_extra
         reason = self.unavailable_reason()
         if reason:
             raise BackendUnavailable(f"cannot export to {self.target}: {reason}")
@@ -106,9 +136,60 @@ class Exporter(ABC):
         """Minimum PSNR (dB) against the fp32 PyTorch reference for this component's artifact (and, with
         component ``"image"``, for the whole pipeline's image)."""
 
-    @abstractmethod
+    # ----------------------------------------------------------------- chunks (one loop for every target)
+    def auto_chunks(self, name: str) -> bool:
+        """Whether ``--chunks auto`` splits component ``name`` past 2 GB of fp32 weights (targets whose
+        conversion or quantizer holds several copies of what it converts say yes)."""
+        return True
+
+    def chunk_count(self, name: str, module) -> int:
+        """How many programs component ``name`` is exported in (1 for targets without ``--chunks``)."""
+        if "chunks" not in self.options:
+            return 1
+        from .chunks import chunk_count
+
+        return chunk_count(name, module, self.options["chunks"], auto=self.auto_chunks(name))
+
     def export_component(self, name: str, module, spec: ComponentSpec, root: Path) -> Artifact:
-        """Write ``name``'s artifact under ``root`` (the bundle's temporary directory)."""
+        """Write ``name``'s artifact under ``root`` (the bundle's temporary directory): one program, or one
+        per chunk, in the layout the module docstring describes."""
+        from .chunks import pieces
+
+        root = Path(root)
+        parts = pieces(name, module, spec, self.chunk_count(name, module))
+        self.begin_component(name, module, spec, parts)
+        folders = [root / name] if len(parts) == 1 else [root / name / f"chunk{i}" for i in range(len(parts))]
+        written = []
+        for i, ((piece, piece_spec), folder) in enumerate(zip(parts, folders)):
+            folder.mkdir(parents=True, exist_ok=True)
+            program = self.export_program(name, i, piece, piece_spec, root, folder)
+            written.append((program, files_under(root, folder), piece_spec))
+        options = self.component_options(name, [p for p, _, _ in written])
+        if len(written) == 1:
+            program, files, _ = written[0]
+            artifact = Artifact(path=program.path, files=files, precision=program.precision,
+                                options={**options, **program.facts})
+        else:
+            artifact = Artifact(path=name, files=[f for _, files, _ in written for f in files],
+                                precision=written[0][0].precision,
+                                options={**options, "chunks": [chunk_entry(*w) for w in written]})
+        self.exported[name] = artifact
+        return artifact
+
+    def begin_component(self, name: str, module, spec: ComponentSpec, parts: list) -> None:
+        """Called with all of a component's ``(piece, piece_spec)`` before the first is exported (e.g. to
+        calibrate every chunk on the hidden states the chunks before it produce)."""
+
+    @abstractmethod
+    def export_program(self, name: str, index: int, module, spec: ComponentSpec, root: Path,
+                       folder: Path) -> Program:
+        """Convert ``module`` (component ``name`` whole, or its chunk ``index`` with ``spec``) into files under
+        ``folder`` (inside the bundle's temporary directory ``root``)."""
+
+    def component_options(self, name: str, programs: list[Program]) -> dict:
+        """The component's manifest options from its programs' ``shared`` facts (by default the first's;
+        targets override it to sum or combine them over chunks)."""
+        return dict(programs[0].shared)
 
     def extra_phase(self) -> str:
         """What ``manifest_extra`` spends its time on, for the progress line ("" when it takes no time)."""

@@ -22,7 +22,7 @@ import platform
 from pathlib import Path
 
 from ..errors import ExportError, first_line
-from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
+from .base import CHUNKS_OPTION, Exporter, Program
 from .coreml_palettize import BITS, Policy, decompressed_weights, load_into
 
 DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
@@ -52,7 +52,6 @@ class CoreMLExporter(Exporter):
 
     def __init__(self, precision=None, **options):
         super().__init__(precision, **options)  # unknown names and the declared choices are refused there
-        self.chunks = parse_chunks(self.options["chunks"])
         self.deployment_target = self.options["deployment_target"]
         self.compute_units = self.options["compute_units"]
         self.sweep = self.options["quality_sweep"]
@@ -105,40 +104,36 @@ class CoreMLExporter(Exporter):
                               f"{'torch.export' if route == 'export' else 'torch.jit.trace'}: {msg}") from None
         return ml, route
 
-    def _pieces(self, name, module, spec):
-        from .chunks import chunk_count, pieces  # torch: imported when exporting, not when the CLI lists options
+    # auto chunks: ct.convert holds the fp32 weights, their fp16 copy and the traced program at once, and iOS maps
+    # each program's weights whole
 
-        # auto: ct.convert holds the fp32 weights, their fp16 copy and the traced program at once, and iOS maps
-        # each program's weights whole
-        return pieces(name, module, spec, chunk_count(name, module, self.chunks, auto=True))
+    def begin_component(self, name, module, spec, parts):
+        self._wrappers[name], self._specs[name], self._parts[name] = module, spec, []
 
-    def export_component(self, name, module, spec, root: Path) -> Artifact:
-        self._wrappers[name], self._specs[name], self._root = module, spec, root
-        pieces = self._pieces(name, module, spec)
-        parts, chunk_entries, routes, counts = [], [], set(), {}
-        for piece, piece_spec in pieces:
-            fp16, route = self._convert(piece_spec.name, piece, piece_spec)
-            routes.add(route)
-            final = self.policy.apply(fp16, name, piece)
-            for cat in self.policy.chosen(name, piece).values():
-                counts[cat] = counts.get(cat, 0) + 1
-            stem = piece_spec.name.replace(".", "_")
-            rel = f"{name}/{stem}.mlpackage"
-            final.save(str(root / rel))
-            parts.append((piece, piece_spec, fp16, rel))
-            chunk_entries.append({"path": rel, **self._compiled(root, rel), **piece_spec.io_dict()})
-        self._parts[name] = parts
-        files = sorted(p.relative_to(root).as_posix() for p in (root / name).rglob("*") if p.is_file())
-        options = {"deployment_target": self.deployment_target, "compute_units": self.compute_units,
-                   "conversion": "torch.export" if routes == {"export"} else "torch.jit.trace",
-                   "palettized_weights": counts, "weights": "fp16" if not counts else f"{BITS[self.precision]}-bit LUT",
-                   "coreml_inputs": {t.name: ("int32" if t.dtype == "int64" else "float32") for t in spec.inputs}}
-        if len(parts) > 1:
-            options["chunks"] = chunk_entries
-        elif self.compile:
-            options["compiled"] = chunk_entries[0]["compiled"]
-        return Artifact(path=parts[0][3] if len(parts) == 1 else name, files=files, precision=self.precision,
-                        options=options)
+    def export_program(self, name, index, module, spec, root, folder) -> Program:
+        self._root = root
+        fp16, route = self._convert(spec.name, module, spec)
+        final = self.policy.apply(fp16, name, module)
+        counts: dict[str, int] = {}
+        for cat in self.policy.chosen(name, module).values():
+            counts[cat] = counts.get(cat, 0) + 1
+        rel = (folder / f"{spec.name.replace('.', '_')}.mlpackage").relative_to(root).as_posix()
+        final.save(str(root / rel))
+        self._parts[name].append((module, spec, fp16, rel))
+        return Program(path=rel, precision=self.precision, facts=self._compiled(root, rel),
+                       shared={"route": route, "palettized_weights": counts})
+
+    def component_options(self, name, programs):
+        routes = {p.shared["route"] for p in programs}
+        counts: dict[str, int] = {}
+        for p in programs:
+            for cat, n in p.shared["palettized_weights"].items():
+                counts[cat] = counts.get(cat, 0) + n
+        spec = self._specs[name]
+        return {"deployment_target": self.deployment_target, "compute_units": self.compute_units,
+                "conversion": "torch.export" if routes == {"export"} else "torch.jit.trace",
+                "palettized_weights": counts, "weights": "fp16" if not counts else f"{BITS[self.precision]}-bit LUT",
+                "coreml_inputs": {t.name: ("int32" if t.dtype == "int64" else "float32") for t in spec.inputs}}
 
     def _compiled(self, root: Path, rel: str) -> dict:
         """With --compile: the package compiled beside it (``x.mlpackage`` -> ``x.mlmodelc``)."""
@@ -156,9 +151,10 @@ class CoreMLExporter(Exporter):
     # ----------------------------------------------------------------- Linux parity: PyTorch with Core ML weights
     def _torch_copy(self, name: str, weights: list[dict]):
         """A copy of the wrapped component holding Core ML weights (one const-name -> array dict per piece)."""
+        from .chunks import pieces
+
         wrapper = copy.deepcopy(self._wrappers[name])
-        pieces = self._pieces(name, wrapper, self._specs[name])
-        for (piece, _), w in zip(pieces, weights):
+        for (piece, _), w in zip(pieces(name, wrapper, self._specs[name], self.chunk_count(name, wrapper)), weights):
             load_into(piece, w)
         return wrapper.half()  # Core ML computes in fp16 (compute_precision=FLOAT16); the wrappers cast I/O
 

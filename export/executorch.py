@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 
 from ..errors import BackendUnavailable, ExportError, InvalidInput, first_line
-from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
+from .base import CHUNKS_OPTION, Exporter, Program
 from .executorch_quantize import RECIPE_DESCRIPTION, RECIPE_PRECISION, example_args, quantize, recipe_for
 
 PTE, PTD_TAG = "model.pte", "model"  # the data file is named after its tag: model.ptd
@@ -201,7 +201,6 @@ class ExecuTorchExporter(Exporter):
         self.external_weights = self.options["external_weights"]
         self.attention = self.options["attention"]
         self.recipe_override = self.options["recipe"]  # benchmarks: one recipe for one component
-        self.chunks = parse_chunks(self.options["chunks"])
         if self.external_weights not in EXTERNAL_WEIGHTS:
             raise InvalidInput(f"--external-weights must be one of {', '.join(EXTERNAL_WEIGHTS)}, "
                                f"got {self.external_weights!r}")
@@ -220,35 +219,24 @@ class ExecuTorchExporter(Exporter):
         recipe = recipe_for(component, precision, self.recipe_override)
         return FLOORS_DB[RECIPE_PRECISION[recipe]]
 
-    def chunk_count(self, name, module) -> int:
-        from .chunks import chunk_count
+    # auto chunks: PT2E quantization and XNNPACK lowering hold the fp32 weights, their quantized copy and the
+    # packed delegate blob at once; pieces keep that bounded (and each program small for an app)
 
-        # auto: PT2E quantization and XNNPACK lowering hold the fp32 weights, their quantized copy and the
-        # packed delegate blob at once; pieces keep that bounded (and each program small for an app)
-        return chunk_count(name, module, self.chunks, auto=True)
-
-    def export_component(self, name, module, spec, root: Path) -> Artifact:
-        from .chunks import pieces
-
+    def export_program(self, name, index, module, spec, root, folder) -> Program:
         recipe = recipe_for(name, self.precision, self.recipe_override)
-        parts = pieces(name, module, spec, self.chunk_count(name, module))
-        if len(parts) == 1:
-            files, options = self._export_program(name, module, spec, recipe, root, root / name)
-            return Artifact(path=f"{name}/{PTE}", files=files, precision=RECIPE_PRECISION[recipe], options=options)
-        chunks, every = [], []
-        for i, (piece, piece_spec) in enumerate(parts):
-            files, options = self._export_program(piece_spec.name, piece, piece_spec, recipe, root,
-                                                  root / name / f"chunk{i}")
-            every += files
-            chunks.append({"path": options["module_api"]["program"], "files": files, **piece_spec.io_dict(),
-                           **{k: options[k] for k in ("data_file", "delegation", "module_api")}})
-        options = {k: v for k, v in options.items() if k not in ("data_file", "delegation", "module_api")}
-        options.update(external_weights=any(c["data_file"] for c in chunks), chunks=chunks)
-        return Artifact(path=name, files=every, precision=RECIPE_PRECISION[recipe], options=options)
+        ptd, delegation, api = self._lower(spec.name, module, spec, recipe, root, folder)
+        shared = {"delegate": self.delegate, "runtime_backend": DELEGATES[self.delegate][1],
+                  "quantization": RECIPE_DESCRIPTION.get(recipe, "none (fp32)"), "recipe": recipe or "fp32",
+                  "attention": self.attention}
+        return Program(path=api["program"], precision=RECIPE_PRECISION[recipe], shared=shared,
+                       facts={"data_file": ptd, "delegation": delegation, "module_api": api})
 
-    def _export_program(self, name, module, spec, recipe, root: Path, out: Path) -> tuple[list[str], dict]:
-        """``module`` lowered to ``out/model.pte`` (+ ``model.ptd``): the files (relative to ``root``) and the
-        facts the manifest records for them."""
+    def component_options(self, name, programs):
+        return {**programs[0].shared, "external_weights": any(p.facts["data_file"] for p in programs)}
+
+    def _lower(self, name, module, spec, recipe, root: Path, out: Path) -> tuple[str | None, dict, dict]:
+        """``module`` lowered to ``out/model.pte`` (+ ``model.ptd``): the data file (relative to ``root``, or
+        None), the delegation summary and the module API."""
         import torch
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
         from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
@@ -293,12 +281,7 @@ class ExecuTorchExporter(Exporter):
         meta = Runtime.get().load_program(out / PTE).metadata("forward")
         api = module_api(spec, meta, f"{folder}/{PTE}", ptd)
         self._operators.update(delegation["undelegated_ops"])
-        files = sorted(p.relative_to(root).as_posix() for p in out.rglob("*") if p.is_file())
-        options = {"delegate": self.delegate, "runtime_backend": DELEGATES[self.delegate][1],
-                   "quantization": RECIPE_DESCRIPTION.get(recipe, "none (fp32)"), "recipe": recipe or "fp32",
-                   "attention": self.attention, "external_weights": ptd is not None, "data_file": ptd,
-                   "delegation": delegation, "module_api": api}
-        return files, options
+        return ptd, delegation, api
 
     def manifest_extra(self) -> dict:
         from importlib.metadata import version

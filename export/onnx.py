@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ExportError, InvalidInput
-from .base import CHUNKS_OPTION, Artifact, Exporter, parse_chunks
+from .base import CHUNKS_OPTION, Exporter, Program
 from .onnx_passes import GRAPH_MARGIN, PROTOBUF_LIMIT, convert_fp16, data_name, optimize_offline, quantize_int8
 
 OPSET = 20
@@ -114,8 +114,7 @@ class OnnxExporter(Exporter):
         super().__init__(precision, **options)  # unknown names and the declared choices are refused there
         if self.options["quantize_vae"] and self.precision != "int8":
             raise InvalidInput("--quantize-vae applies to --precision int8 only")
-        self.options["chunks"] = parse_chunks(self.options["chunks"])
-        self.records: dict[str, dict] = {}
+        self._calibration: list | None = None  # qdq int8 of a chunked component: feeds per chunk
 
     # ------------------------------------------------------------------ contract
     def parity_floor_db(self, component, precision):
@@ -128,36 +127,24 @@ class OnnxExporter(Exporter):
     def quantized(self, component: str) -> bool:
         return self.precision == "int8" and (component not in FLOAT_UNLESS_ASKED or self.options["quantize_vae"])
 
-    def chunk_count(self, name, module) -> int:
-        from .chunks import chunk_count
+    def auto_chunks(self, name) -> bool:
+        # int8 only: ONNX Runtime's quantizer holds ~3x the fp32 model (measured: past 20 GB on SD3.5-Medium's
+        # 9 GB); fp32/fp16 stay one file with external data
+        return self.quantized(name)
 
-        # auto for int8 only: ONNX Runtime's quantizer holds ~3x the fp32 model (measured: past 20 GB on
-        # SD3.5-Medium's 9 GB); fp32/fp16 stay one file with external data
-        return chunk_count(name, module, self.options["chunks"], auto=self.quantized(name))
+    def begin_component(self, name, module, spec, parts):
+        chunked = len(parts) > 1 and self._needs_calibration(name)
+        self._calibration = self._chunk_calibration(parts, spec) if chunked else None
 
-    def export_component(self, name, module, spec, root: Path) -> Artifact:
-        from .chunks import pieces
+    def export_program(self, name, index, module, spec, root, folder) -> Program:
+        calibration = self._calibration[index] if self._calibration else None
+        files, record, precision = self._export_file(name, module, spec, folder / "model.onnx", calibration)
+        return Program(path=files[0].relative_to(root).as_posix(), precision=precision, facts=record)
 
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        parts = pieces(name, module, spec, self.chunk_count(name, module))
-        if len(parts) == 1:
-            files, record, precision = self._export_file(name, module, spec, root / name / "model.onnx")
-            self.records[name] = record
-            rel = [f.relative_to(root).as_posix() for f in files]
-            return Artifact(path=rel[0], files=rel, precision=precision, options=record)
-        calibration = self._chunk_calibration(parts, spec) if self._needs_calibration(name) else None
-        entries, records, every = [], [], []
-        for i, (piece, piece_spec) in enumerate(parts):
-            files, record, precision = self._export_file(name, piece, piece_spec, root / name / f"chunk{i}" / "model.onnx",
-                                                         calibration=calibration and calibration[i])
-            rel = [f.relative_to(root).as_posix() for f in files]
-            every += rel
-            records.append(record)
-            entries.append({"path": rel[0], "files": rel, **piece_spec.io_dict(), "build": record})
-        self.records[name] = record = {"opset": OPSET, "external_data": any(r["external_data"] for r in records),
-                                       "optimizer": _merged_optimizer(records), "chunks": entries}
-        return Artifact(path=name, files=every, precision=precision, options=record)
+    def component_options(self, name, programs):
+        records = [p.facts for p in programs]
+        return {"opset": OPSET, "external_data": any(r["external_data"] for r in records),
+                "optimizer": _merged_optimizer(records)}
 
     # ------------------------------------------------------------------ one file
     def _needs_calibration(self, name) -> bool:
@@ -224,10 +211,11 @@ class OnnxExporter(Exporter):
         elif self.precision == "int8":
             extra["execution_providers"] = ["CPUExecutionProvider"]
             extra["quantization"] = {"mode": self.options["int8_mode"], "weights": "int8 per-channel",
-                                     "components": [c for c in self.records if self.quantized(c)],
-                                     "float_components": [c for c in self.records if not self.quantized(c)]}
-        extra["fused"] = {c: r["optimizer"].get("removed", "skipped (over 2 GB)") for c, r in self.records.items()}
-        chunked = {c: len(r["chunks"]) for c, r in self.records.items() if "chunks" in r}
+                                     "components": [c for c in self.exported if self.quantized(c)],
+                                     "float_components": [c for c in self.exported if not self.quantized(c)]}
+        options = {c: a.options for c, a in self.exported.items()}
+        extra["fused"] = {c: o["optimizer"].get("removed", "skipped (over 2 GB)") for c, o in options.items()}
+        chunked = {c: len(o["chunks"]) for c, o in options.items() if "chunks" in o}
         if chunked:
             extra["chunks"] = chunked
         return extra

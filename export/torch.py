@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from .base import Artifact, Exporter
+from .base import Exporter, Program
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -25,16 +25,13 @@ class TorchExporter(Exporter):
         # thread-order noise only. Half precisions keep 8-11 mantissa bits: ~35 dB is the ONNX/Core ML bar.
         return 60.0 if precision == "fp32" else 30.0
 
-    def export_component(self, name, module, spec, root: Path) -> Artifact:
+    def export_program(self, name, index, module, spec, root: Path, folder: Path) -> Program:
         import torch
 
         source = module.model
         dtype = getattr(torch, _DTYPES[self.precision])
         if module.dtype != dtype:  # cast a copy: the module stays the parity reference
             source = copy.deepcopy(source).to(dtype)  # (already in that dtype: no copy, at 2.5B that is 5 GB)
-        out = root / name
-        source.save_pretrained(str(out), safe_serialization=True)
+        source.save_pretrained(str(folder), safe_serialization=True)
         lib = "diffusers" if type(source).__module__.startswith("diffusers") else "transformers"
-        files = sorted(p.relative_to(root).as_posix() for p in out.rglob("*") if p.is_file())
-        return Artifact(path=name, files=files, precision=self.precision,
-                        options={"class": f"{lib}.{type(source).__name__}"})
+        return Program(path=name, precision=self.precision, facts={"class": f"{lib}.{type(source).__name__}"})

@@ -45,3 +45,18 @@ def assert_one_line_error(code: int, err: str, pattern: str) -> None:
     lines = [line for line in err.strip().splitlines() if "error:" in line]
     assert len(lines) == 1, err
     assert re.search(pattern, lines[0]), lines[0]
+
+
+def assert_chunk_layout(entry: dict, facts: set[str]) -> None:
+    """A chunked component entry (manifest dict) in the one layout every target writes: each chunk lists its
+    path, files (all in its own ``chunk{i}/`` folder; together the component's files), I/O and nothing but the
+    program facts ``facts``, and the component's options name no program's files."""
+    chunks, name = entry["options"]["chunks"], entry["path"]
+    assert len(chunks) > 1
+    for i, c in enumerate(chunks):
+        assert {"path", "files", "inputs", "outputs"} <= set(c) <= {"path", "files", "inputs", "outputs", *facts}, \
+            (i, sorted(c))
+        assert c["files"] and all(f.startswith(f"{name}/chunk{i}/") for f in c["files"]), c["files"]
+        assert c["path"] in c["files"] or all(f.startswith(c["path"] + "/") for f in c["files"])
+    assert [f for c in chunks for f in c["files"]] == entry["files"]
+    assert not {"path", "files", "data_file", "module_api", "compiled"} & set(entry["options"])  # those are per program

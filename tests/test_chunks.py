@@ -18,7 +18,7 @@ from flash_edge.metrics import psnr
 from flash_edge.pipeline import FlashPipeline
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
-from helpers import cli_export as _cli_export  # noqa: E402
+from helpers import assert_chunk_layout, cli_export as _cli_export  # noqa: E402
 
 PROMPT, SEED = "a red circle", 0
 
@@ -98,7 +98,9 @@ def test_onnx_chunked_bundle_lists_hashes_and_quantizes_each_chunk(b8c3):
         assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "Gemm" not in ops
         assert [i.name for i in model.graph.input] == [t["name"] for t in c["inputs"]]
     assert bundle.manifest["onnx"]["chunks"] == {"transformer": 3}
-    assert entry.options["chunks"][0]["build"]["pos_embed_cropped"] == [{"from": [1, 256, 128], "to": [1, 16, 128]}]
+    assert entry.options["chunks"][0]["pos_embed_cropped"] == [{"from": [1, 256, 128], "to": [1, 16, 128]}]
+    assert_chunk_layout(bundle.manifest["components"]["transformer"],
+                        {"opset", "optimizer", "quantization", "external_data", "pos_embed_cropped"})
 
 
 @pytest.mark.slow
@@ -255,6 +257,7 @@ def test_executorch_chunked_int8_equals_the_unchunked_int8(tiny_parts, tmp_path)
             assert entry.path == "transformer" and entry.files == [f"transformer/chunk{i}/model.pte" for i in (0, 1)]
             assert [c["module_api"]["program"] for c in entry.options["chunks"]] == entry.files
             assert all(c["delegation"]["delegated_share"] > 0.8 for c in entry.options["chunks"])
+            assert_chunk_layout(entry.to_dict(), {"data_file", "delegation", "module_api"})
         outputs[chunks] = ExecuTorchBackend().open(root, "transformer", entry).run(feeds)["velocity"]
     assert outputs[1].shape == outputs[2].shape == (1, 16, 8, 8)
     assert psnr(outputs[1], outputs[2]) > 90.0, psnr(outputs[1], outputs[2])

@@ -18,6 +18,9 @@ pytest.importorskip("coremltools")
 
 import coremltools as ct  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside this file (importlib mode)
+from helpers import assert_chunk_layout  # noqa: E402
+
 from flash_edge.errors import BackendUnavailable, InvalidInput  # noqa: E402
 from flash_edge.export.coreml_palettize import CATEGORIES, PALETTIZED, Policy, category, const_to_param  # noqa: E402
 
@@ -249,6 +252,7 @@ def test_two_chunks_hold_the_unchunked_weights(c16, c16_chunks, tiny_parts):
     entry = _manifest(c16_chunks)["components"]["transformer"]
     chunks = entry["options"]["chunks"]
     assert len(chunks) == 2 and entry["path"] == "transformer"
+    assert_chunk_layout(entry, set())  # fp16, not compiled: no per-program facts
     assert [t["name"] for t in chunks[0]["outputs"]] == ["hidden_states_0", "context_0", "temb"]
     assert [t["name"] for t in chunks[1]["inputs"]] == ["hidden_states_0", "context_0", "temb"]
     assert chunks[1]["outputs"] == entry["outputs"]
