@@ -24,8 +24,7 @@ from pathlib import Path
 
 from flash_edge.memory import POLICIES
 
-from .real_scale import CLIP_G, CLIP_L, VAE  # the published configurations, in one place
-from .real_scale import TRANSFORMERS
+from .configs import CLIP_G, CLIP_L, TRANSFORMERS, VAE  # the published configurations, in one place
 
 SEED = 0
 SHIFT = 3.0

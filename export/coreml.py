@@ -22,13 +22,14 @@ import platform
 from pathlib import Path
 
 from ..errors import ExportError, first_line
+from ..spec import STAYS_FLOAT
 from .base import CHUNKS_OPTION, Exporter, Program
 from .coreml_palettize import BITS, Policy, decompressed_weights, load_into
+from .coreml_sweep import quality_sweep, sweep_wanted
 
 DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 ROUTES = {"text_encoder": "trace", "text_encoder_2": "trace", "text_encoder_3": "trace"}  # others: "export"
-SWEEP_MAX_PARAMS = 20_000_000  # --quality-sweep auto: measure w8/w6/w4 when the palettized weights are this small
 
 
 class CoreMLExporter(Exporter):
@@ -65,15 +66,15 @@ class CoreMLExporter(Exporter):
             raise InvalidInput(f"deployment target must be one of {DEPLOYMENT_TARGETS} and compute units one of "
                                f"{COMPUTE_UNITS}")
         self.policy = Policy(self.precision, grouped=self.deployment_target != "iOS17")
-        self._parts: dict[str, list[tuple]] = {}  # component -> [(module, spec, fp16 MLModel, relative path)]
-        self._wrappers, self._specs, self._root = {}, {}, None
+        self.parts: dict[str, list[tuple]] = {}  # component -> [(module, spec, fp16 MLModel, relative path)]
+        self.wrappers, self.specs, self.root = {}, {}, None
 
     # ----------------------------------------------------------------- gate floors
     def parity_floor_db(self, component, precision):
         # the measurements behind these: README "Parity floors"
         if precision == "fp16":
             return 35.0
-        if component in ("vae_decoder",):
+        if component in STAYS_FLOAT:
             return 35.0  # never palettized
         floors = {"image": {"w8": 50.0, "w6": 35.0, "w4": 18.0}, "*": {"w8": 38.0, "w6": 29.0, "w4": 15.0}}
         return floors["image" if component == "image" else "*"][precision]
@@ -108,10 +109,10 @@ class CoreMLExporter(Exporter):
     # each program's weights whole
 
     def begin_component(self, name, module, spec, parts):
-        self._wrappers[name], self._specs[name], self._parts[name] = module, spec, []
+        self.wrappers[name], self.specs[name], self.parts[name] = module, spec, []
 
     def export_program(self, name, index, module, spec, root, folder) -> Program:
-        self._root = root
+        self.root = root
         fp16, route = self._convert(spec.name, module, spec)
         final = self.policy.apply(fp16, name, module)
         counts: dict[str, int] = {}
@@ -119,7 +120,7 @@ class CoreMLExporter(Exporter):
             counts[cat] = counts.get(cat, 0) + 1
         rel = (folder / f"{spec.name.replace('.', '_')}.mlpackage").relative_to(root).as_posix()
         final.save(str(root / rel))
-        self._parts[name].append((module, spec, fp16, rel))
+        self.parts[name].append((module, spec, fp16, rel))
         return Program(path=rel, precision=self.precision, facts=self._compiled(root, rel),
                        shared={"route": route, "palettized_weights": counts})
 
@@ -129,7 +130,7 @@ class CoreMLExporter(Exporter):
         for p in programs:
             for cat, n in p.shared["palettized_weights"].items():
                 counts[cat] = counts.get(cat, 0) + n
-        spec = self._specs[name]
+        spec = self.specs[name]
         return {"deployment_target": self.deployment_target, "compute_units": self.compute_units,
                 "conversion": "torch.export" if routes == {"export"} else "torch.jit.trace",
                 "palettized_weights": counts, "weights": "fp16" if not counts else f"{BITS[self.precision]}-bit LUT",
@@ -153,12 +154,12 @@ class CoreMLExporter(Exporter):
         """A copy of the wrapped component holding Core ML weights (one const-name -> array dict per piece)."""
         from .chunks import pieces
 
-        wrapper = copy.deepcopy(self._wrappers[name])
-        for (piece, _), w in zip(pieces(name, wrapper, self._specs[name], self.chunk_count(name, wrapper)), weights):
+        wrapper = copy.deepcopy(self.wrappers[name])
+        for (piece, _), w in zip(pieces(name, wrapper, self.specs[name], self.chunk_count(name, wrapper)), weights):
             load_into(piece, w)
         return wrapper.half()  # Core ML computes in fp16 (compute_precision=FLOAT16); the wrappers cast I/O
 
-    def _torch_pipeline(self, bundle_dir: Path, weights: dict[str, list], label: str):
+    def torch_pipeline(self, bundle_dir: Path, weights: dict[str, list], label: str):
         from ..bundle import Bundle
         from ..pipeline import FlashPipeline
         from ..runtimes.torch import TorchSession
@@ -166,7 +167,7 @@ class CoreMLExporter(Exporter):
 
         bundle = Bundle.open(bundle_dir, verify=False)
         spec = bundle.spec
-        sessions = {c: TorchSession(self._specs[c], self._torch_copy(c, weights[c])) for c in spec.components}
+        sessions = {c: TorchSession(self.specs[c], self._torch_copy(c, weights[c])) for c in spec.components}
         tokenizers = {c: PromptTokenizer.from_file(bundle.file(t.path) / "tokenizer.json", t.max_length, t.pad_id,
                                                     specials=t.specials)
                       for c, t in spec.tokenizers.items()}
@@ -178,54 +179,20 @@ class CoreMLExporter(Exporter):
         import coremltools as ct
 
         weights = {c: [decompressed_weights(ct.models.MLModel(str(Path(bundle_dir) / rel), skip_model_load=True))
-                       for *_, rel in parts] for c, parts in self._parts.items()}
-        return self._torch_pipeline(bundle_dir, weights, "torch (weights read back from the .mlpackage, fp16 compute)")
+                       for *_, rel in parts] for c, parts in self.parts.items()}
+        return self.torch_pipeline(bundle_dir, weights, "torch (weights read back from the .mlpackage, fp16 compute)")
 
     # ----------------------------------------------------------------- manifest
-    def _sweep_wanted(self) -> bool:
-        if self.sweep != "auto":
-            return self.sweep == "on"
-        if self.precision == "fp16" or not self._parts:
-            return False
-        size = sum(len(Policy("w8", self.policy.grouped).chosen(c, piece))
-                   and sum(p.numel() for p in piece.parameters())
-                   for c, parts in self._parts.items() for piece, *_ in parts)
-        return size <= SWEEP_MAX_PARAMS
-
-    def quality_sweep(self) -> dict:
-        """Image PSNR (and each component's) vs the fp32 reference for every palettized precision, with this
-        bundle's deployment target and policy, measured the same way as the Linux gate."""
-        from ..pipeline import FlashPipeline
-        from ..runtimes.torch import reference_sessions
-        from .parity import GATE_PROMPT, GATE_SEED, compare_components
-        from ..metrics import psnr
-
-        out = {}
-        reference = None
-        for prec in BITS:
-            policy = Policy(prec, self.policy.grouped)
-            weights = {c: [policy.weights(fp16, c, piece) for piece, _, fp16, _ in parts]
-                       for c, parts in self._parts.items()}
-            cand = self._torch_pipeline(self._root, weights, "torch")
-            if reference is None:
-                reference = FlashPipeline(cand.spec, reference_sessions(self._wrappers, self._specs), cand.tokenizers)
-                ref_img = reference.generate(GATE_PROMPT, seed=GATE_SEED)
-            comps = compare_components(reference, cand, self._specs)
-            img = cand.generate(GATE_PROMPT, seed=GATE_SEED)
-            out[prec] = {"image_psnr_db": round(psnr(ref_img, img, data_range=1.0), 2),
-                         **{f"{c}_psnr_db": round(r["psnr_db"], 2) for c, r in comps.items()}}
-        return out
-
     def extra_phase(self) -> str:
-        return "palettization quality sweep: the gate image at each bit width, PyTorch fp16" if self._sweep_wanted() else ""
+        return "palettization quality sweep: the gate image at each bit width, PyTorch fp16" if sweep_wanted(self) else ""
 
     def manifest_extra(self) -> dict:
         extra = {"deployment_target": self.deployment_target, "compute_units": self.compute_units,
-                 "chunks": len(self._parts.get("transformer", ())) or 1, "palettization": self.policy.describe(),
+                 "chunks": len(self.parts.get("transformer", ())) or 1, "palettization": self.policy.describe(),
                  "lut_granularity": "per_grouped_channel" if self.policy.grouped else "per_tensor",
                  "io_note": "int64 token ids are int32 in the Core ML models (Core ML has no int64 inputs)"}
-        if self._sweep_wanted():
+        if sweep_wanted(self):
             extra["quality"] = {"measured": "image PSNR (dB, range 1) vs the fp32 PyTorch reference, prompt and "
                                 "seed of the parity gate, PyTorch with the palettized weights in fp16",
-                                **self.quality_sweep()}
+                                **quality_sweep(self)}
         return extra

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ExportError
+from ..spec import STAYS_FLOAT  # components that stay fp16 at every precision
 
 BITS = {"w8": 8, "w6": 6, "w4": 4}
 GROUP_SIZE = 16  # output channels per LUT with per-grouped-channel palettization (iOS18+)
@@ -38,7 +39,6 @@ CATEGORIES = (
     ("mlp", r"\.(ff|ff_context|mlp|DenseReluDense)\."),
 )
 PALETTIZED = ("attention", "mlp", "adaln", "conditioning")  # categories with a LUT at w8/w6/w4; the others stay fp16
-NEVER = ("vae_decoder",)  # components that stay fp16 at every precision
 
 
 def category(param_name: str) -> str:
@@ -84,7 +84,7 @@ class Policy:
 
     def chosen(self, component: str, module) -> dict[str, str]:
         """PyTorch parameter name -> category, for the weights this policy palettizes in ``module``."""
-        if self.bits is None or component in NEVER:
+        if self.bits is None or component in STAYS_FLOAT:
             return {}
         return {n: category(n) for n, p in module.named_parameters()
                 if p.dim() >= 2 and p.numel() >= MIN_ELEMENTS and category(n) in PALETTIZED}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 from ..errors import ExportError
+from ..spec import STAYS_FLOAT
 
 # precision -> {component kind -> recipe}; None = fp32. "other" covers text encoders and anything unnamed.
 RECIPES = {
@@ -39,7 +40,7 @@ CALIBRATION_SEEDS = 4
 def component_kind(name: str) -> str:
     if name.startswith("transformer"):  # the transformer, and single blocks of it (benchmarks)
         return "transformer"
-    return "vae_decoder" if name == "vae_decoder" else "other"
+    return "vae_decoder" if name in STAYS_FLOAT else "other"
 
 
 def recipe_for(name: str, precision: str, override: str | None = None) -> str | None:

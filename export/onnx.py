@@ -24,11 +24,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ExportError, InvalidInput
+from ..spec import STAYS_FLOAT  # int8 quantizes every other component (and benchmark blocks)
 from .base import CHUNKS_OPTION, Exporter, Program
 from .onnx_passes import GRAPH_MARGIN, PROTOBUF_LIMIT, convert_fp16, data_name, optimize_offline, quantize_int8
 
 OPSET = 20
-FLOAT_UNLESS_ASKED = ("vae_decoder",)  # int8 quantizes every other component (and benchmark blocks)
 OP_TYPES = {"vae_decoder": ("Conv", "MatMul", "Gemm")}  # int8 op types per component; default below
 DEFAULT_OP_TYPES = ("MatMul", "Gemm")
 CALIBRATION_BATCHES = 8  # qdq mode: seeded dummy feeds per component (min-max calibration)
@@ -125,7 +125,7 @@ class OnnxExporter(Exporter):
         return table.get(component, table.get("*", 60.0))
 
     def quantized(self, component: str) -> bool:
-        return self.precision == "int8" and (component not in FLOAT_UNLESS_ASKED or self.options["quantize_vae"])
+        return self.precision == "int8" and (component not in STAYS_FLOAT or self.options["quantize_vae"])
 
     def auto_chunks(self, name) -> bool:
         # int8 only: ONNX Runtime's quantizer holds ~3x the fp32 model (measured: past 20 GB on SD3.5-Medium's
@@ -168,7 +168,7 @@ class OnnxExporter(Exporter):
     def _export_file(self, name, module, spec, out: Path, calibration=None) -> tuple[list[Path], dict, str]:
         """``module`` -> ``out`` (and its data file) through every pass; returns the files, what was done and
         the precision written."""
-        from .chunks import upcast
+        from .upcast import upcast
 
         record: dict = {"opset": OPSET}
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .spec import COMPONENTS
+
 
 class _Wrapper(nn.Module):
     def __init__(self, model: nn.Module):
@@ -59,7 +61,6 @@ class VaeDecoder(_Wrapper):
 
 WRAPPERS = {"text_encoder": ClipTextEncoder, "text_encoder_2": ClipTextEncoder, "text_encoder_3": T5TextEncoder,
             "transformer": Transformer, "vae_decoder": VaeDecoder}
-SOURCE_MODULE = {"vae_decoder": "vae"}  # component -> SD3Model attribute, where the names differ
 
 
 def wrap(component: str, module: nn.Module) -> nn.Module:
@@ -68,4 +69,4 @@ def wrap(component: str, module: nn.Module) -> nn.Module:
 
 def build_wrappers(model, components) -> dict[str, nn.Module]:
     """Wrap the loaded ``SD3Model``'s modules for the given component names."""
-    return {c: wrap(c, getattr(model, SOURCE_MODULE.get(c, c))) for c in components}
+    return {c: wrap(c, getattr(model, COMPONENTS[c].part)) for c in components}

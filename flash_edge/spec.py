@@ -28,16 +28,33 @@ from .conditioning import TextLayout
 from .errors import BundleError
 from .sampler import SamplerConfig
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
-TOKENIZER_DIRS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
 DTYPES = ("float32", "int64")
-# The diffusers/transformers class each component loads into: the torch target's manifest names it, and a bundle
-# naming any other class is refused (a manifest never chooses code to import).
-TORCH_CLASSES = {"text_encoder": "transformers.CLIPTextModelWithProjection",
-                 "text_encoder_2": "transformers.CLIPTextModelWithProjection",
-                 "text_encoder_3": "transformers.T5EncoderModel",
-                 "transformer": "diffusers.SD3Transformer2DModel",
-                 "vae_decoder": "diffusers.AutoencoderKL"}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One row of the component table: where a component comes from and how the targets treat it."""
+
+    name: str
+    part: str  # the diffusers folder (and SD3Model attribute) it is taken from
+    torch_class: str  # the diffusers/transformers class it loads into
+    tokenizer: str | None = None  # its tokenizer folder, for a text encoder
+    stays_float: bool = False  # the targets' quantized precisions leave it in float unless asked (the VAE decoder)
+
+
+COMPONENTS = {c.name: c for c in (
+    Component("text_encoder", "text_encoder", "transformers.CLIPTextModelWithProjection", "tokenizer"),
+    Component("text_encoder_2", "text_encoder_2", "transformers.CLIPTextModelWithProjection", "tokenizer_2"),
+    Component("text_encoder_3", "text_encoder_3", "transformers.T5EncoderModel", "tokenizer_3"),
+    Component("transformer", "transformer", "diffusers.SD3Transformer2DModel"),
+    Component("vae_decoder", "vae", "diffusers.AutoencoderKL", stays_float=True),
+)}
+TEXT_ENCODERS = tuple(n for n, c in COMPONENTS.items() if c.tokenizer)
+TOKENIZER_DIRS = {n: c.tokenizer for n, c in COMPONENTS.items() if c.tokenizer}
+STAYS_FLOAT = tuple(n for n, c in COMPONENTS.items() if c.stays_float)
+# The class each component loads into: the torch target's manifest names it, and a bundle naming any other class
+# is refused (a manifest never chooses code to import).
+TORCH_CLASSES = {n: c.torch_class for n, c in COMPONENTS.items()}
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def test_automatic_chunk_count_on_the_real_architecture():
     fp32: int8 ONNX splits it so that each piece stays under protobuf's 2 GB; small models stay whole."""
     from diffusers import SD3Transformer2DModel
 
-    from benchmarks.real_scale import TRANSFORMERS
+    from benchmarks.configs import TRANSFORMERS
     from flash_edge.components import wrap
     from flash_edge.export import get_exporter
     from flash_edge.export.chunks import split_points
@@ -292,7 +292,7 @@ def test_bf16_model_is_exported_piece_by_piece_in_fp32_and_left_as_it_was(tiny_p
 def test_upcast_puts_back_the_very_tensors_it_found():
     """Inside: everything fp32. After: each parameter and buffer is the original tensor object's storage again
     (memory-mapped weights stay memory-mapped), mixed dtypes included."""
-    from flash_edge.export.chunks import upcast
+    from flash_edge.export.upcast import upcast
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2).to(torch.bfloat16), torch.nn.Linear(2, 2).to(torch.float16),
                                 torch.nn.BatchNorm1d(2).to(torch.bfloat16))

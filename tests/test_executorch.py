@@ -119,9 +119,9 @@ def test_bmm_attention_leaves_no_copy_to_the_portable_kernels(e8):
 
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_bmm_sdpa_equals_torch_sdpa(scale):
-    from flash_edge.export.executorch import _sdpa_decompositions
+    from flash_edge.export.executorch_lowering import sdpa_decompositions
 
-    sdpa = _sdpa_decompositions("bmm")[torch.ops.aten.scaled_dot_product_attention.default]
+    sdpa = sdpa_decompositions("bmm")[torch.ops.aten.scaled_dot_product_attention.default]
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, n, 16, generator=g) for n in (24, 40, 40))
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)

@@ -141,7 +141,7 @@ def test_sizes_beyond_pos_embed_max_size_or_off_the_grid_are_refused(tmp_path):
 def real_architecture(arch: str, tiny_dir):
     """An SD3Model of the real SD3.5 configuration on the meta device (no memory), tiny's tokenizers."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ holds the configs
-    from benchmarks.real_scale import CLIP_G, CLIP_L, TRANSFORMERS, VAE
+    from benchmarks.configs import CLIP_G, CLIP_L, TRANSFORMERS, VAE
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 

@@ -9,8 +9,8 @@ than it spends per decoder weight. The transformer's figure is exact and is the 
 from __future__ import annotations
 
 from ..bundle import Bundle
+from ..spec import COMPONENTS
 
-PARAMETER_KEYS = {"vae_decoder": "vae"}  # component -> the manifest's parameter-count key, where they differ
 
 
 def artifact_sizes(bundle: Bundle) -> dict:
@@ -23,7 +23,7 @@ def artifact_sizes(bundle: Bundle) -> dict:
     components = {}
     for name, entry in bundle.components.items():
         nbytes = sum(size(f) for f in entry.files)
-        count = params.get(PARAMETER_KEYS.get(name, name))
+        count = params.get(COMPONENTS[name].part if name in COMPONENTS else name)  # counted per model part
         components[name] = {"bytes": nbytes, "parameters": count, "precision": entry.precision,
                             "bits_per_parameter": 8 * nbytes / count if count else None}
     total = sum(c["bytes"] for c in components.values())

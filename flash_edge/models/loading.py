@@ -13,12 +13,11 @@ from pathlib import Path
 
 from ..configs import check_config
 from ..errors import ModelLoadError, first_line
-from ..spec import TORCH_CLASSES
+from ..spec import COMPONENTS
 
 REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-# sub-folder -> the class real SD3 checkpoints load into (spec.TORCH_CLASSES; the VAE folder feeds vae_decoder)
-MODEL_PARTS = {part: TORCH_CLASSES["vae_decoder" if part == "vae" else part]
-               for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
+# sub-folder -> the class real SD3 checkpoints load into (spec.COMPONENTS; the VAE folder feeds vae_decoder)
+MODEL_PARTS = {c.part: c.torch_class for c in COMPONENTS.values()}
 # tokenizer_config.json's tokenizer_class -> the class that reads it (default per component: CLIP, T5)
 # (TokenizersBackend: transformers 5's name for PreTrainedTokenizerFast, which it writes into saved configs)
 TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast",
@@ -231,9 +230,7 @@ def load_model(source: str | Path = "tiny", t5: bool = False, dtype=None, config
 
     with quiet():  # transformers' "Loading weights" bars, diffusers' torchao notice
         parts = {p: load_part(path, p, dtype) for p in MODEL_PARTS if p != "text_encoder_3" or t5}
-    tok_dirs = {"text_encoder": path / "tokenizer", "text_encoder_2": path / "tokenizer_2"}
-    if t5:
-        tok_dirs["text_encoder_3"] = path / "tokenizer_3"
+    tok_dirs = {n: path / c.tokenizer for n, c in COMPONENTS.items() if c.tokenizer and n in parts}
     return SD3Model(name=name, path=path, transformer=parts["transformer"], vae=parts["vae"],
                     text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
                     text_encoder_3=parts.get("text_encoder_3"), scheduler_config=scheduler, tokenizer_dirs=tok_dirs,

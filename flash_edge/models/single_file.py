@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..configs import check_config as check_model_config
 from ..errors import ModelLoadError, first_line
+from ..spec import COMPONENTS
 
 TRANSFORMER, VAE = "model.diffusion_model.", "first_stage_model."
 TEXT = {"text_encoder": "text_encoders.clip_l.", "text_encoder_2": "text_encoders.clip_g.",
@@ -307,8 +308,7 @@ def load_single_file(path, config=None, t5: bool = False, dtype=None, text_encod
         raise ModelLoadError(f"{path} has no VAE (no {VAE}* keys) and {config / 'vae'} has no weights either")
     encoders = {c: text_encoder(c, ckpt, parts[c], path, config, text_encoders, dtype)
                 for c in ("text_encoder", "text_encoder_2") + (("text_encoder_3",) if t5 else ())}
-    tok_dirs = {c: config / t for c, t in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"),
-                                           ("text_encoder_3", "tokenizer_3")) if c in encoders}
+    tok_dirs = {c: config / COMPONENTS[c].tokenizer for c in encoders}
     return SD3Model(name=path.stem, path=path, transformer=transformer, vae=vae,
                     text_encoder=encoders["text_encoder"], text_encoder_2=encoders["text_encoder_2"],
                     text_encoder_3=encoders.get("text_encoder_3"), scheduler_config=scheduler,
