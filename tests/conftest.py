@@ -128,3 +128,23 @@ def reference_image(tiny_dir):
     from flash_edge.pipeline import FlashPipeline
 
     return FlashPipeline.from_model("tiny").generate("a red circle", seed=0)
+
+
+# ----------------------------------------------------------------------------- distillation tests
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def family():
+    """A tiny teacher/student family at 32² (``distill.models.Family``), seeded."""
+    from flash_edge.distill.models import Family, tiny_test_config
+
+    return Family.build(tiny_test_config(32), seed=0)

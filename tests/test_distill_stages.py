@@ -12,20 +12,9 @@ from flash_edge.distill import dmd, flow, split, trajectory
 from flash_edge.distill.dataset import ShapesDataset
 from flash_edge.distill.models import Family, tiny_test_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
 PROMPTS = [s for s in ShapesDataset(8, seed=0, size=32).arrays()[1]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def family():
-    return Family.build(tiny_test_config(32), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,7 @@ from flash_edge.distill.dataset import ShapesDataset
 from flash_edge.distill.models import Family, tiny_test_config
 from flash_edge.sampler import flow_sigmas
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def family():
-    return Family.build(tiny_test_config(32), seed=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import platform
 import sys
 import threading
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..errors import InvalidInput
+from ..versions import package_versions
 
 VERSIONED = ("flash-edge", "numpy", "torch", "diffusers", "transformers", "onnxruntime", "onnx", "coremltools",
              "executorch", "torchao", "psutil", "matplotlib")
@@ -195,16 +195,6 @@ def _cpu_flags() -> list[str]:
     return []
 
 
-def versions() -> dict[str, str]:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def machine_info() -> dict:
     import psutil
 
@@ -215,7 +205,7 @@ def machine_info() -> dict:
         "physical_cpus": psutil.cpu_count(logical=False), "memory_bytes": int(psutil.virtual_memory().total),
         "python": platform.python_version(), "load_average": list(load) if load else None,
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
-        "versions": versions(),
+        "versions": package_versions(VERSIONED),
     }
     if "torch" in sys.modules:
         info["torch_threads"] = sys.modules["torch"].get_num_threads()
