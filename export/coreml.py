@@ -100,9 +100,8 @@ class CoreMLExporter(Exporter):
                                     for t in spec.inputs],
                             outputs=[ct.TensorType(name=t.name, dtype=np.float32) for t in spec.outputs])
         except Exception as e:  # noqa: BLE001 - any converter failure becomes one clear line
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise ExportError(f"{name}: coremltools {ct.__version__} could not convert it via "
-                              f"{'torch.export' if route == 'export' else 'torch.jit.trace'}: {msg}") from None
+                              f"{'torch.export' if route == 'export' else 'torch.jit.trace'}: {first_line(e)}") from None
         return ml, route
 
     # auto chunks: ct.convert holds the fp32 weights, their fp16 copy and the traced program at once, and iOS maps
