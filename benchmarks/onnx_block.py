@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks.block import HIDDEN, HEADS, TEXT_TOKENS, block_module, block_spec, flops
 
 RESULTS = Path(__file__).parent / "results"
-ALL_VARIANTS = ("base", "mha", "float-attn", "threads", "opset23")
+ALL_VARIANTS = ("base", "s8", "mha", "float-attn", "threads", "opset23")
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:
@@ -153,6 +153,10 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
                 measure("ort int8, intra 1 / inter 2", i8, inter=2, intra=1, note="thread split")
                 measure("ort int8, intra 2 / inter 2", i8, inter=2, intra=2, note="thread split")
             shutil.rmtree(tmp / "int8")
+        if "s8" in variants:  # u8 x s8 kernels: the fast path on VNNI CPUs, saturating on AVX2-only ones
+            s8 = export(module, spec, tmp / "s8", "int8", int8_weights="s8")
+            measure("ort int8, s8 weights", s8, note="--int8-weights s8 (VNNI kernels where the CPU has them)")
+            shutil.rmtree(tmp / "s8")
         if "float-attn" in variants:
             def float_attention():
                 n = quantize(f32, tmp / "fa.onnx", exclude_attention=True)
@@ -238,8 +242,11 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
 
+    from flash_edge.bench.measure import cpu_flags
+
     record.update(command="nice -n 5 .venv/bin/python -m benchmarks.onnx_block " + " ".join(argv or sys.argv[1:]),
-                  machine=f"{platform.machine()} {os.cpu_count()} cores", load_avg=os.getloadavg(),
+                  machine=f"{platform.machine()} {os.cpu_count()} cores, {'/'.join(cpu_flags()) or 'no AVX'}",
+                  load_avg=os.getloadavg(),
                   versions={"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), variants=list(args.variants))
     results.append(record)

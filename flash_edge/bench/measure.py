@@ -183,7 +183,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
+    """The vector-extension flags that decide which kernels run (VNNI: int8 dot products; AMX; bf16)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -201,7 +202,7 @@ def machine_info() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     info = {
         "system": platform.system(), "release": platform.release(), "machine": platform.machine(),
-        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "logical_cpus": psutil.cpu_count(logical=True),
+        "cpu": _cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": psutil.cpu_count(logical=True),
         "physical_cpus": psutil.cpu_count(logical=False), "memory_bytes": int(psutil.virtual_memory().total),
         "python": platform.python_version(), "load_average": list(load) if load else None,
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
