@@ -106,14 +106,15 @@ def run_case(target: str, precision: str, image_tokens: int, repeats: int) -> di
     return rec
 
 
-def spawn(target: str, precision: str, tokens: int, repeats: int, cap: float, timeout: float) -> dict:
-    """Run one case in a child; stop it when its RSS (with its children) passes ``cap`` bytes."""
+def spawn(case: str, meta: dict, repeats: int, cap: float, timeout: float,
+          module: str = "benchmarks.sd35m_block", extra: tuple[str, ...] = ()) -> dict:
+    """Run ``python -m module --case case [extra]`` in a child; stop it when its RSS (with its children) passes
+    ``cap`` bytes or it runs past ``timeout``. A failed or stopped case is ``meta`` with the reason under ``error``."""
     import psutil
 
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
-    cmd = [sys.executable, "-m", "benchmarks.sd35m_block", "--case", f"{target}:{precision}:{tokens}",
-           "--repeats", str(repeats), "--json", str(out)]
+    cmd = [sys.executable, "-m", module, "--case", case, "--repeats", str(repeats), "--json", str(out), *extra]
     child = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     proc, peak, t0, verdict = psutil.Process(child.pid), 0, time.monotonic(), None
     while child.poll() is None:
@@ -132,12 +133,10 @@ def spawn(target: str, precision: str, tokens: int, repeats: int, cap: float, ti
         time.sleep(0.2)
     _, err = child.communicate()
     if verdict:
-        return {"target": target, "precision": precision, "image_tokens": tokens, "error": verdict,
-                "peak_rss_sampled": peak}
+        return {**meta, "error": verdict, "peak_rss_sampled": peak}
     if child.returncode != 0:
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-        return {"target": target, "precision": precision, "image_tokens": tokens,
-                "error": f"failed (exit {child.returncode}): {lines[-1] if lines else '?'}"[:400]}
+        return {**meta, "error": f"failed (exit {child.returncode}): {lines[-1] if lines else '?'}"[:400]}
     rec = json.loads(out.read_text())
     out.unlink()
     rec["peak_rss_sampled"] = peak
@@ -208,7 +207,8 @@ def main(argv=None) -> int:
         for target, precision in cases(args.targets):
             print(f"[{time.strftime('%H:%M:%S')}] {target} {precision} at {tokens} image tokens", file=sys.stderr,
                   flush=True)
-            rec = spawn(target, precision, tokens, args.repeats, args.cap_gb * 2**30, args.timeout)
+            rec = spawn(f"{target}:{precision}:{tokens}", {"target": target, "precision": precision,
+                        "image_tokens": tokens}, args.repeats, args.cap_gb * 2**30, args.timeout)
             print(f"    {rec.get('seconds', {}).get('median', rec.get('error') or rec.get('not_run'))}",
                   file=sys.stderr, flush=True)
             results["cases"].append(rec)
