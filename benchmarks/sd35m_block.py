@@ -176,17 +176,37 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def harness_arguments(p: argparse.ArgumentParser, cap_gb: float, timeout: float, out: str) -> None:
+    """The arguments every ``spawn``-driven scenario takes: the per-case caps, the output stem and the
+    hidden ``--case``/``--json`` pair a child is started with."""
+    p.add_argument("--cap-gb", type=float, default=cap_gb, help="stop a case whose RSS passes this (GiB)")
+    p.add_argument("--timeout", type=float, default=timeout, help="stop a case after this many seconds")
+    p.add_argument("--out", default=str(RESULTS / out), help="writes OUT.json and OUT.md")
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
+
+
+def write_results(results: dict, out: str, markdown) -> None:
+    """The end machine state, then ``out``.json (the raw data, first) and ``out``.md (``markdown(results)``)."""
+    from flash_edge.bench.measure import machine_info, machine_label
+    from flash_edge.jsonsafe import json_safe
+
+    results["machine"] = machine_info()
+    results["machine_label"] = machine_label(results["machine"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(json_safe(results), indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(results) + "\n")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.sd35m_block", description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096], help="image tokens (1024 = 512^2)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--targets", nargs="+", help="only these exporter targets (eager baselines always run)")
-    p.add_argument("--cap-gb", type=float, default=6.0, help="stop a case whose RSS passes this (GiB)")
-    p.add_argument("--timeout", type=float, default=1200.0, help="stop a case after this many seconds")
-    p.add_argument("--out", default=str(RESULTS / "sd35m-block"), help="writes OUT.json and OUT.md")
-    p.add_argument("--case", help=argparse.SUPPRESS)
-    p.add_argument("--json", help=argparse.SUPPRESS)
+    harness_arguments(p, cap_gb=6.0, timeout=1200.0, out="sd35m-block")
     args = p.parse_args(argv)
     from flash_edge.cli.common import quiet_libraries
 
@@ -195,8 +215,7 @@ def main(argv=None) -> int:
         target, precision, tokens = args.case.split(":")
         Path(args.json).write_text(json.dumps(run_case(target, precision, int(tokens), args.repeats), default=float))
         return 0
-    from flash_edge.bench.measure import gemm_peak, machine_info, machine_label
-    from flash_edge.bench.report import json_safe
+    from flash_edge.bench.measure import gemm_peak, machine_info
 
     machine = machine_info()
     results = {"command": shlex.join(["python", "-m", "benchmarks.sd35m_block", *argv]),
@@ -212,13 +231,7 @@ def main(argv=None) -> int:
             print(f"    {rec.get('seconds', {}).get('median', rec.get('error') or rec.get('not_run'))}",
                   file=sys.stderr, flush=True)
             results["cases"].append(rec)
-    results["machine"] = machine_info()
-    results["machine_label"] = machine_label(results["machine"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(json_safe(results), indent=1) + "\n")  # first: the raw data
-    out.with_suffix(".md").write_text(markdown(results) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
+    write_results(results, args.out, markdown)
     return 0
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .sd35m_block import EAGER, RESULTS, spawn
+from .sd35m_block import EAGER, harness_arguments, spawn, write_results
 
 # case -> (target, precision, exporter options, note)
 CASES = {
@@ -152,11 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512, help="image side in pixels (a multiple of 8)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    p.add_argument("--cap-gb", type=float, default=12.0, help="stop a case whose RSS passes this (GiB)")
-    p.add_argument("--timeout", type=float, default=1800.0, help="stop a case after this many seconds")
-    p.add_argument("--out", default=str(RESULTS / "sd35m-vae"), help="writes OUT.json and OUT.md")
-    p.add_argument("--case", help=argparse.SUPPRESS)
-    p.add_argument("--json", help=argparse.SUPPRESS)
+    harness_arguments(p, cap_gb=12.0, timeout=1800.0, out="sd35m-vae")
     args = p.parse_args(argv)
     from flash_edge.cli.common import quiet_libraries
 
@@ -164,8 +160,7 @@ def main(argv=None) -> int:
     if args.case:  # child
         Path(args.json).write_text(json.dumps(run_case(args.case, args.size, args.repeats), default=float))
         return 0
-    from flash_edge.bench.measure import machine_info, machine_label
-    from flash_edge.jsonsafe import json_safe
+    from flash_edge.bench.measure import machine_info
 
     machine = machine_info()
     results = {"command": shlex.join(["python", "-m", "benchmarks.sd35m_vae", *argv]), "size": args.size,
@@ -177,13 +172,7 @@ def main(argv=None) -> int:
         print(f"    {rec.get('seconds', {}).get('median', rec.get('error'))} s, {rec.get('psnr_db', '')} dB",
               file=sys.stderr, flush=True)
         results["cases"].append(rec)
-    results["machine"] = machine_info()
-    results["machine_label"] = machine_label(results["machine"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(json_safe(results), indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(results) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
+    write_results(results, args.out, markdown)
     return 0
 
 
