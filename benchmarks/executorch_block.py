@@ -7,7 +7,8 @@ build the block (benchmarks/block.py), export it through ``ExecuTorchExporter.ex
 variant's options, open it with ``ExecuTorchBackend``, time ``--repeats`` runs (median, one warm-up), check
 PSNR against eager fp32, and profile one more run with ETDump (time per delegate call and per portable op).
 Peak RSS is the child's own; a child over ``--cap-gb`` is stopped and recorded.
-Writes benchmarks/results/executorch-block.json and .md (the .md keeps its hand-written "## Findings").
+Writes benchmarks/results/executorch-block.json and .md (``--out`` for another stem; the .md keeps its hand-written
+"## Findings").
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--cap-gb", type=float, default=8.0)
+    p.add_argument("--out", default=str(RESULTS / NAME),
+                   help="results stem: writes OUT.json and OUT.md; rows merge only with runs in the same file, "
+                        "so give a run on another machine its own stem")
     p.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -194,8 +198,9 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in rec.items() if k not in ("profile", "export", "open", "run")}), flush=True)
         records.append(rec)
     info = machine_info()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = RESULTS / f"{NAME}.md", RESULTS / f"{NAME}.json"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = out.with_suffix(".md"), out.with_suffix(".json")
     old = md_path.read_text() if md_path.exists() else ""
     findings = old[old.index("## Findings"):] if "## Findings" in old else "## Findings\n\n(to be written)\n"
     command = "nice -n 10 .venv/bin/python -m benchmarks.executorch_block " + " ".join(argv or sys.argv[1:])

@@ -210,7 +210,8 @@ class OnnxExporter(Exporter):
                              "many fp16 ops through casts and is slower than fp32 or int8")
         elif self.precision == "int8":
             extra["execution_providers"] = ["CPUExecutionProvider"]
-            extra["quantization"] = {"mode": self.options["int8_mode"], "weights": "int8 per-channel",
+            extra["quantization"] = {"mode": self.options["int8_mode"],
+                                     "weights": f"{self.options['int8_weights']} per-channel",
                                      "components": [c for c in self.exported if self.quantized(c)],
                                      "float_components": [c for c in self.exported if not self.quantized(c)]}
         options = {c: a.options for c, a in self.exported.items()}

@@ -37,9 +37,18 @@ class ParityError(ExportError):
     """An exported artifact does not reproduce the PyTorch reference within the gate."""
 
 
-class OutOfRangeWarning(UserWarning):
+class FlashWarning(UserWarning):
+    """flash-edge's own warnings: the CLI prints each as one line, ``PROG: warning: ...``."""
+
+
+class OutOfRangeWarning(FlashWarning):
     """A setting the model was not trained for (another image size or step count): it runs, and may draw badly.
     Warned in one line, never refused."""
+
+
+class DeviceWarning(FlashWarning):
+    """This bundle runs on this device but loses accuracy or speed here (for example signed int8 weights on an
+    x86 CPU without VNNI). Warned once per component, never refused."""
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:

@@ -6,7 +6,7 @@ raised inside library calls, and with ``native=True`` what C++ code writes strai
 descriptor (ExecuTorch's ``cpuinfo_utils.cpp ... Failed to open midr file``).
 
 ``FLASH_EDGE_LIBRARY_LOGS=1`` turns all of it back on (for a bug report). flash-edge's own messages (progress,
-errors, ``OutOfRangeWarning``) are never inside these blocks.
+errors, ``FlashWarning``) are never inside these blocks.
 """
 
 from __future__ import annotations

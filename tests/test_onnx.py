@@ -117,6 +117,7 @@ def test_int8_bundle_quantizes_transformer_and_text_encoders_not_the_vae(b8):
     assert comps["vae_decoder"].precision == "fp32" and "ConvInteger" not in _ops(b8 / comps["vae_decoder"].path)
     q = bundle.manifest["onnx"]["quantization"]
     assert q["mode"] == "dynamic" and q["float_components"] == ["vae_decoder"]
+    assert q["weights"] == "u8 per-channel"  # the default, named so an app can tell s8 bundles apart
 
 
 def test_int8_image_within_declared_floor(b8, reference_image):

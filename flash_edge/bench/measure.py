@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import cpu
 from ..errors import InvalidInput
 from ..versions import package_versions
 
@@ -185,15 +186,7 @@ def _cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The vector-extension flags that decide which kernels run (VNNI: int8 dot products; AMX; bf16)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "fma")
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
+    return cpu.flags() or []
 
 
 def machine_info() -> dict:

@@ -10,7 +10,7 @@ import time
 import warnings
 from typing import Callable
 
-from ..errors import FlashError, OutOfRangeWarning
+from ..errors import FlashError, FlashWarning
 
 EXIT_ERROR = 2
 
@@ -48,7 +48,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TORCH_LOGS", "-torch")  # torch re-arms its own loggers on import (torchao's pytree notices)
     warnings.filterwarnings("ignore")
-    warnings.filterwarnings("always", category=OutOfRangeWarning)  # ours: shown, one line (see ``run``)
+    warnings.filterwarnings("always", category=FlashWarning)  # ours: shown, one line (see ``run``)
     for name in ("torchao", "torch", "onnxscript", "coremltools", "executorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -66,9 +66,9 @@ class Progress:
 
 def run(prog: str, body: Callable[[], int | None]) -> int:
     """Run a command body: FlashError -> one line on stderr, exit 2; Ctrl-C -> exit 130; flash-edge's own
-    warnings (``OutOfRangeWarning``) -> one line each, ``PROG: warning: ...``."""
+    warnings (``FlashWarning``: out-of-range settings, device mismatches) -> one line each, ``PROG: warning: ...``."""
     def one_line(message, category, *args, **kwargs):
-        if issubclass(category, OutOfRangeWarning):
+        if issubclass(category, FlashWarning):
             print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
 
     warnings.showwarning = one_line
