@@ -5,7 +5,10 @@ and the split merge do to it.
 
 Reads the folders ``python -m flash_edge.distill train`` wrote under ``--run`` (teacher, and for each student
 step count k the stages ``student-{k}step-trajectory``, ``-dmd``, ``-dmd-random``, ``-split``; missing ones
-are listed as missing, not guessed) and scores each on the same held-out prompts and seeds. Writes
+are listed as missing, not guessed) and scores each on the same held-out prompts and seeds: mini-GenEval, the
+artefact score (``flash_edge.eval.artefacts``: background deviation in the ring around the shapes / far from
+them, flagged above its thresholds) and, for the DMD students, the DMD gradient's relative variance that
+training measured under both timestep rules (``{folder}-gradient-variance.json``). Writes
 ``benchmarks/results/distill-ablation.{json,md}`` (with this command line) and a prompts x models grid PNG.
 """
 
@@ -51,6 +54,7 @@ def main(argv=None) -> int:
     from flash_edge.distill.evaluate import evaluate
     from flash_edge.distill.flow import generate
     from flash_edge.distill.models import Family
+    from flash_edge.eval.artefacts import artefact_score
 
     _quiet()
     results, grid_rows, loaded = [], [], {}
@@ -63,8 +67,9 @@ def main(argv=None) -> int:
             loaded[row["folder"]] = Family.load(folder)
         fam = loaded[row["folder"]]
         t0 = time.perf_counter()
-        s, _, _ = evaluate(fam, fam.transformer, row["steps"], row["guidance"], a.n)
-        results.append({**row, **s.as_dict(), "seconds": round(time.perf_counter() - t0, 1)})
+        s, images, _ = evaluate(fam, fam.transformer, row["steps"], row["guidance"], a.n)
+        results.append({**row, **s.as_dict(), "artefacts": artefact_score(images),
+                        **gradient_variance(a.run, row["folder"]), "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(results[-1]), flush=True)
         grid_rows.append((f"{row['model']}, {row['variant']}",
                           generate(fam, fam.transformer, GRID_PROMPTS, list(range(len(GRID_PROMPTS))), row["steps"],
@@ -75,15 +80,41 @@ def main(argv=None) -> int:
     (a.out / "distill-ablation.json").write_text(json.dumps({"command": command, "rows": results}, indent=1) + "\n")
     cats = ("overall", "colour", "shape", "position", "count", "two-object")
     lines = [f"Command: `{command}` (mini-GenEval, {a.n} held-out prompts, seeds 0..{a.n - 1})", "",
-             "| model | variant | steps | " + " | ".join(cats) + " |", "|---|---|---|" + "---|" * len(cats)]
+             "| model | variant | steps | " + " | ".join(cats) + " | artefacts ring / far | DMD gradient relative "
+             "variance: this rule (other rule), start / middle / end |", "|---|---|---|" + "---|" * (len(cats) + 2)]
     for r in results:
-        vals = ["missing"] * len(cats) if r.get("missing") else [f"{r.get(c, float('nan')):.3f}" for c in cats]
+        if r.get("missing"):
+            vals = ["missing"] * (len(cats) + 2)
+        else:
+            art = r["artefacts"]
+            vals = [f"{r.get(c, float('nan')):.3f}" for c in cats] + [
+                f"{art['ring']:.1f} / {art['far']:.1f}" + (" **flagged**" if art["flagged"] else ""),
+                variance_cell(r.get("gradient_variance"), r["folder"])]
         lines.append(f"| {r['model']} | {r['variant']} | {r['steps']} | " + " | ".join(vals) + " |")
+    lines += ["", "Artefacts: mean RGB distance from the background in a 1-5 px ring around the shapes / beyond it "
+              "(flagged above 15 / 10). Gradient variance: E||g - mean g||^2 / ||mean g||^2 of the DMD term's "
+              "gradient on the student's weights over independent batches at the same weights, measured under "
+              "both rules on the same batches (equal compute) at the start, middle and end of that run's DMD; "
+              "lower is a steadier gradient."]
     (a.out / "distill-ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if grid_rows:
         labelled_grid(grid_rows, GRID_PROMPTS).save(a.out / "distill-grid.png")
     return 0
+
+
+def gradient_variance(run: Path, folder: str) -> dict:
+    """What DMD training measured for ``folder`` (``{folder}-gradient-variance.json``), if it did."""
+    path = run / f"{folder}-gradient-variance.json"
+    return {"gradient_variance": json.loads(path.read_text())} if path.is_file() else {}
+
+
+def variance_cell(measured: list | None, folder: str) -> str:
+    if not measured:
+        return ""
+    own, other = ("random", "sharing") if folder.endswith("-random") else ("sharing", "random")
+    fmt = lambda rule: " / ".join(f"{m[rule]['relative']:.2f}" for m in measured)  # noqa: E731
+    return f"{own} {fmt(own)} ({other} {fmt(other)})"
 
 
 def labelled_grid(rows: list[tuple[str, np.ndarray]], prompts: list[str], scale: int = 2):

@@ -191,10 +191,29 @@ def test_fake_score_and_heads_learn_on_a_fixed_batch(family, sigmas, pairs):
 def test_train_dmd_runs_its_stage(family, sigmas, pairs):
     state = _dmd_state(family, sigmas)
     before = _snapshot(state.student)
-    hist = dmd.train_dmd(family, state, PROMPTS, pairs[0][:, -1], iters=2, batch=4)
+    hist, variances = dmd.train_dmd(family, state, PROMPTS, pairs[0][:, -1], iters=2, batch=4, variance_at=(0, 2),
+                                    variance_batches=2)
     assert len(hist) == 2 and {"dmd", "adv_g", "fake_flow", "disc"} <= set(hist[0])
     assert all(np.isfinite(v) for h in hist for v in h.values())
     assert not _same(state.student, before)
+    assert [v["iteration"] for v in variances] == [0, 2]  # before the first update and after the last
+    assert all(v[rule]["relative"] >= 0 for v in variances for rule in ("sharing", "random"))
+
+
+def test_gradient_variance_is_the_spread_of_per_batch_gradients(family, sigmas, pairs):
+    state = _dmd_state(family, sigmas)
+    before = _snapshot(state.student)
+    shape = tuple(pairs[0].shape[2:])
+    one = dmd.gradient_variance(family, state, PROMPTS, shape, batches=1, batch=4, seed=3)
+    assert one["sharing"]["variance"] <= 1e-9 * one["sharing"]["mean_norm2"]  # one batch: nothing to spread
+    two = dmd.gradient_variance(family, state, PROMPTS, shape, batches=2, batch=4, seed=3)
+    again = dmd.gradient_variance(family, state, PROMPTS, shape, batches=2, batch=4, seed=3)
+    assert two == again  # seeded batches: the same numbers
+    for rule in ("sharing", "random"):
+        r = two[rule]
+        assert r["mean_norm2"] > 0 and r["variance"] > 0 and np.isclose(r["relative"], r["variance"] / r["mean_norm2"])
+    assert two["sharing"] != two["random"]  # the rules query the scores at different timesteps
+    assert _same(state.student, before) and all(p.grad is None for p in state.student_params)  # measured, not trained
 
 
 # ----------------------------------------------------------------------------- stage 3

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-timestep-sharing", action="store_true", help="DMD at random timesteps (the ablation)")
     t.add_argument("--adv-weight", type=float, default=0.1)
     t.add_argument("--fake-updates", type=int, default=1, help="fake-model updates per generator update (DMD2: 5)")
+    t.add_argument("--variance-batches", type=int, default=8,
+                   help="batches per DMD gradient-variance measurement (at the start, middle and end of DMD)")
     t.add_argument("--split-iters", type=int, default=500)
     t.add_argument("--merge-ratios", default="0,0.3,0.5,0.7,1")
     t.add_argument("--eval-n", type=int, default=200)
@@ -217,8 +219,12 @@ def train(a) -> int:
         state = dmd.make_state(student, family.transformer, sigmas,
                                dmd.DMDConfig(share_timesteps=not a.no_timestep_sharing, guidance=a.teacher_guidance,
                                              adv_weight=a.adv_weight, fake_updates=a.fake_updates))
-        dmd.train_dmd(family, state, pprompts, points[:, -1], a.dmd_iters, a.batch, a.seed, ctx, log=run.log("dmd"))
+        _, variances = dmd.train_dmd(family, state, pprompts, points[:, -1], a.dmd_iters, a.batch, a.seed, ctx,
+                                     log=run.log("dmd"), variance_at=(0, a.dmd_iters // 2, a.dmd_iters),
+                                     variance_batches=a.variance_batches)
         run.save(family, s2, state.student)
+        if ctx.main:  # beside the student folder: the ablation table reads it
+            (out / f"{s2}-gradient-variance.json").write_text(json.dumps(variances, indent=1) + "\n")
     # ------------------------------------------------------------ stage 3
     s3 = f"student-{k}step-split"
     if "split" in stages and (out / s2).exists() and not (out / s3).exists():

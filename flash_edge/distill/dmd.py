@@ -22,6 +22,7 @@ detached outputs) and the heads' update (hinge) change only the fake model and t
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -150,7 +151,9 @@ def dmd_noisy_sample(state: DMDState, x_i, sigma_i, x0, b: dict) -> tuple[torch.
     return noised(x0.detach(), b["eps_dmd"], t), t
 
 
-def generator_loss(family: Family, state: DMDState, b: dict, cond, uncond) -> tuple[torch.Tensor, dict]:
+def dmd_term(family: Family, state: DMDState, b: dict, cond, uncond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(DMD loss, x0, t): the student's x0 at its trajectory point, pulled along (fake - real) x0-predictions at
+    the noisy sample ``dmd_noisy_sample`` picks (the loss's gradient on x0 is that difference, normalised)."""
     x_i, sigma_i = student_point(family, state, b["noise"], cond, b["step"])
     x0 = x0_from(x_i, family.velocity(state.student, x_i, sigma_i, cond), sigma_i)
     x_t, t = dmd_noisy_sample(state, x_i, sigma_i, x0, b)
@@ -163,7 +166,11 @@ def generator_loss(family: Family, state: DMDState, b: dict, cond, uncond) -> tu
         x0_fake = x0_from(x_t, family.velocity(state.fake, x_t, t, cond), t)
         weight = 1.0 / (x0 - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
         grad = (x0_fake - x0_real) * weight
-    dmd = 0.5 * F.mse_loss(x0, (x0 - grad).detach())
+    return 0.5 * F.mse_loss(x0, (x0 - grad).detach()), x0, t
+
+
+def generator_loss(family: Family, state: DMDState, b: dict, cond, uncond) -> tuple[torch.Tensor, dict]:
+    dmd, x0, t = dmd_term(family, state, b, cond, uncond)
     loss, logs = dmd, {"dmd": dmd.item()}
     if state.config.adv_weight:
         feats = fake_features(family, state.fake, noised(x0, b["eps_adv"], t), t, cond, state.config.feature_layers)
@@ -171,6 +178,43 @@ def generator_loss(family: Family, state: DMDState, b: dict, cond, uncond) -> tu
         loss = loss + state.config.adv_weight * adv
         logs["adv_g"] = adv.item()
     return loss, {**logs, "x0": x0.detach(), "t": t}
+
+
+def gradient_variance(family: Family, state: DMDState, prompts: list[str], latent_shape: tuple[int, ...],
+                      batches: int = 8, batch: int = 32, seed: int = 0) -> dict:
+    """How noisy the DMD gradient is, per timestep rule, at the current weights: the DMD term's gradient on the
+    student's parameters for ``batches`` independent batches (no update), under timestep sharing and under
+    random timesteps, on the same batches (same prompts, noise and steps; equal compute: one student rollout,
+    one CFG teacher query and one fake query per sample either way).
+
+    Per rule: ``mean_norm2`` (squared norm of the mean gradient), ``variance`` (mean squared distance of a
+    batch's gradient to the mean: the covariance's trace) and ``relative`` = variance / mean_norm2, the
+    scale-free number to compare (the rules' gradients differ in size). The paper's claim is that sharing
+    lowers it."""
+    params = state.student_params
+    out = {}
+    for share in (True, False):
+        rule = dataclasses.replace(state, config=dataclasses.replace(state.config, share_timesteps=share))
+        g = torch.Generator().manual_seed(seed)
+        total, total2 = None, 0.0
+        for _ in range(batches):
+            b = draw_batch(g, batch, len(prompts), latent_shape, len(state.sigmas) - 1)
+            dev = state.sigmas.device
+            b = {k: v.to(dev) for k, v in b.items()}
+            ps = [prompts[i] for i in b["idx"].tolist()]
+            with torch.no_grad():
+                cond, uncond = family.encode(ps), family.encode([""] * len(ps))
+            loss, _, _ = dmd_term(family, rule, b, cond, uncond)
+            flat = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params)]).double()
+            total = flat if total is None else total + flat
+            total2 += float(flat.pow(2).sum())
+        mean = total / batches
+        mean_norm2 = float(mean.pow(2).sum())
+        variance = total2 / batches - mean_norm2  # E||g||^2 - ||E g||^2
+        out["sharing" if share else "random"] = {"mean_norm2": mean_norm2, "variance": variance,
+                                                 "relative": variance / max(mean_norm2, 1e-30)}
+    out["batches"], out["batch"] = batches, batch
+    return out
 
 
 def fake_loss(family: Family, state: DMDState, x0_gen: torch.Tensor, real: torch.Tensor, b: dict, cond,
@@ -204,14 +248,26 @@ def dmd_step(family: Family, state: DMDState, prompts: list[str], real_latents: 
 
 
 def train_dmd(family: Family, state: DMDState, prompts: list[str], real_latents: torch.Tensor, iters: int,
-              batch: int = 32, seed: int = 0, ctx: Dist = SINGLE, log=None) -> list[dict]:
-    """``real_latents[i]``: a teacher sample (ODE end point) for ``prompts[i]``, the adversarial "real" side."""
+              batch: int = 32, seed: int = 0, ctx: Dist = SINGLE, log=None, variance_at: tuple[int, ...] = (),
+              variance_batches: int = 8) -> tuple[list[dict], list[dict]]:
+    """``real_latents[i]``: a teacher sample (ODE end point) for ``prompts[i]``, the adversarial "real" side.
+    Before the iterations in ``variance_at`` (and after the last, when ``iters`` is listed) the DMD gradient's
+    variance is measured under both timestep rules (``gradient_variance``, on the main process's own batches);
+    returns (per-iteration logs, those measurements)."""
     g = torch.Generator().manual_seed(seed)
-    history = []
-    for it in range(iters):
-        b = draw_batch(g, batch, len(prompts), tuple(real_latents.shape[1:]), len(state.sigmas) - 1)
+    history, variances = [], []
+    shape = tuple(real_latents.shape[1:])
+    for it in range(iters + 1):
+        if it in variance_at and ctx.main:
+            variances.append({"iteration": it, **gradient_variance(family, state, prompts, shape, variance_batches,
+                                                                   batch, seed=seed + 7919 * (it + 1))})
+            if log:
+                log(it, {f"relvar_{k}": v["relative"] for k, v in variances[-1].items() if isinstance(v, dict)})
+        if it == iters:
+            break
+        b = draw_batch(g, batch, len(prompts), shape, len(state.sigmas) - 1)
         history.append(dmd_step(family, state, prompts, real_latents, b, ctx))
         if log:
             log(it, history[-1])
     state.student.eval()
-    return history
+    return history, variances
