@@ -159,9 +159,17 @@ def signed_int8_weights(options) -> bool:
                for r in records)
 
 
-def warn_signed_weights(component: str, entry) -> None:
-    """``DeviceWarning`` for signed int8 weights on an x86 CPU without VNNI (see the module's notes)."""
+_WARNED: set = set()  # (bundle folder, component) already warned about: the low policy re-opens per image
+
+
+def warn_signed_weights(component: str, entry, root=None) -> None:
+    """``DeviceWarning`` for signed int8 weights on an x86 CPU without VNNI (see the module's notes), once per
+    bundle and component in a process."""
+    key = (str(root), component)
+    if key in _WARNED:
+        return
     if entry.precision == "int8" and signed_int8_weights(entry.options) and cpu.x86_without_vnni():
+        _WARNED.add(key)
         warnings.warn(f"{component}: this bundle's int8 weights are signed (exported with --int8-weights s8); "
                       "on this x86 CPU without VNNI ONNX Runtime's int8 kernels saturate and the image loses "
                       "5-25 dB; export with --int8-weights u8 (the default) for such CPUs", DeviceWarning,
@@ -185,7 +193,7 @@ class OnnxBackend(Backend):
         root = Path(root)
         providers = self.providers()
         if providers[0] == "CPUExecutionProvider":
-            warn_signed_weights(component, entry)
+            warn_signed_weights(component, entry, root)
         options = session_options(self.options.get("threads"), self.options.get("graph_optimization_level", "all"),
                                   bool(self.options.get("low_memory")))
         io_binding = self.options.get("io_binding")

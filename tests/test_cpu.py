@@ -55,8 +55,9 @@ def test_signed_weights_on_a_cpu_without_vnni_warn_once_with_the_fix(monkeypatch
     fake_cpu(monkeypatch, tmp_path, "x86_64", AVX2_ONLY)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warn_signed_weights("transformer", entry("int8", "s8"))
-        warn_signed_weights("text_encoder", entry("int8", "u8"))
+        warn_signed_weights("transformer", entry("int8", "s8"), tmp_path)
+        warn_signed_weights("transformer", entry("int8", "s8"), tmp_path)  # re-opened (low policy): said once
+        warn_signed_weights("text_encoder", entry("int8", "u8"), tmp_path)
     assert len(caught) == 1 and issubclass(caught[0].category, DeviceWarning)
     assert issubclass(DeviceWarning, FlashWarning)  # the CLI prints FlashWarnings as one line
     message = str(caught[0].message)
@@ -67,4 +68,4 @@ def test_signed_weights_on_a_vnni_cpu_do_not_warn(monkeypatch, tmp_path):
     fake_cpu(monkeypatch, tmp_path, "x86_64", VNNI)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_signed_weights("transformer", entry("int8", "s8"))
+        warn_signed_weights("transformer", entry("int8", "s8"), tmp_path)
