@@ -113,8 +113,10 @@ def test_generate_makes_uint8_pictures(family):
     assert not np.array_equal(im[0], im[1])  # different seeds, different starting noise
 
 
-def test_teacher_training_resumes_exactly(data):
-    """Stopping after 2 steps and resuming from the checkpointed state == 4 steps straight."""
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_teacher_training_resumes_exactly(data, ema):
+    """Stopping after 2 steps and resuming from the checkpointed state == 4 steps straight (with an EMA too:
+    the checkpoint holds the average and the raw weights)."""
     images, prompts = data
     runs = []
     for split_at in (None, 2):
@@ -124,10 +126,28 @@ def test_teacher_training_resumes_exactly(data):
         states = []
         if split_at:
             teacher.train_teacher(fam, latents, prompts, split_at, batch=4, seed=0, warmup=2,
-                                  checkpoint=states.append, every=split_at)
-            teacher.train_teacher(fam, latents, prompts, 4, batch=4, seed=0, warmup=2, resume=states[-1])
+                                  checkpoint=states.append, every=split_at, ema=ema)
+            teacher.train_teacher(fam, latents, prompts, 4, batch=4, seed=0, warmup=2, resume=states[-1], ema=ema)
         else:
-            teacher.train_teacher(fam, latents, prompts, 4, batch=4, seed=0, warmup=2)
+            teacher.train_teacher(fam, latents, prompts, 4, batch=4, seed=0, warmup=2, ema=ema)
         runs.append(fam)
     for (n, p), q in zip(runs[0].transformer.named_parameters(), runs[1].transformer.parameters()):
         assert torch.allclose(p, q, atol=1e-7), n
+
+
+def test_ema_teacher_ends_with_the_average_and_checkpoints_it(data):
+    """ema=0.5 over 3 steps: the average is w0/8 + w1/8 + w2/4 + w3/2 of the raw weights w_i after step i; each
+    checkpoint sees the average while the raw weights travel in its state, and the family ends with it."""
+    images, prompts = data
+    fam = Family.build(tiny_test_config(32), seed=0)
+    teacher.fit_latent_scaling(fam, images)
+    latents = teacher.encode_dataset(fam, images)
+    name, param = next((n, p) for n, p in fam.transformer.named_parameters() if p.dim() > 1)
+    w0, seen = param.detach().clone(), []
+    teacher.train_teacher(fam, latents, prompts, 3, batch=4, seed=0, warmup=2, ema=0.5, every=1,
+                          checkpoint=lambda st: seen.append((param.detach().clone(), st["raw_weights"][0][name])))
+    (a1, w1), (a2, w2), (a3, w3) = seen
+    assert torch.allclose(a1, (w0 + w1) / 2, atol=1e-7) and torch.allclose(a3, w0 / 8 + w1 / 8 + w2 / 4 + w3 / 2,
+                                                                             atol=1e-7)
+    assert not torch.allclose(a3, w3)  # the checkpoint saw the average, not the raw weights
+    assert torch.equal(param.detach(), a3)  # and the family keeps the average at the end

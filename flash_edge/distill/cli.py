@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--vae-steps", type=int, default=3000)
     t.add_argument("--teacher-steps", type=int, default=30000)
     t.add_argument("--teacher-lr", type=float, default=3e-4)
+    t.add_argument("--teacher-ema", type=float, default=0.999,
+                   help="EMA decay of the teacher's weights, which the saved teacher holds (0: none)")
     t.add_argument("--pairs", type=int, default=4096)
     t.add_argument("--teacher-guidance", type=float, default=4.0)
     t.add_argument("--substeps", type=int, default=10, help="teacher Euler steps per student step for ODE pairs")
@@ -173,7 +175,8 @@ def train(a) -> int:
                 torch.save(state, state_file)
 
         teacher.train_teacher(family, latents, prompts, a.teacher_steps, a.batch, a.teacher_lr, a.seed, ctx,
-                              log=run.log("teacher"), resume=resume, checkpoint=checkpoint, every=a.save_every)
+                              log=run.log("teacher"), resume=resume, checkpoint=checkpoint, every=a.save_every,
+                              ema=a.teacher_ema)
     if not (tdir / "family.json").exists():
         print("error: no trained teacher under --out; run the 'teacher' stage", file=sys.stderr)
         return 2

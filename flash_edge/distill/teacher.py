@@ -7,6 +7,7 @@ rank's shard and averages gradients (``distributed.optimizer_step``): one loop f
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -104,16 +105,64 @@ def teacher_step(family: Family, latents: torch.Tensor, prompts: list[str], batc
     return optimizer_step(loss, params, opt, ctx)
 
 
+class EMA:
+    """An exponential moving average of modules' float weights: what a diffusion model is sampled with (decay
+    0.999 averages over ~1000 steps, smoothing the last steps' noise out of the weights)."""
+
+    def __init__(self, modules, decay: float):
+        self.modules, self.decay = list(modules), float(decay)
+        self.shadow = [{k: v.detach().clone() for k, v in m.state_dict().items() if v.is_floating_point()}
+                       for m in self.modules]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for m, shadow in zip(self.modules, self.shadow):
+            for k, v in m.state_dict().items():
+                if k in shadow:
+                    shadow[k].lerp_(v, 1.0 - self.decay)
+
+    def load_state_dict(self, shadow: list[dict]) -> None:
+        for mine, saved in zip(self.shadow, shadow):
+            for k in mine:
+                mine[k].copy_(saved[k])
+
+    def apply(self) -> None:
+        """The modules take the averaged weights, for good."""
+        for m, shadow in zip(self.modules, self.shadow):
+            m.load_state_dict(shadow, strict=False)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The modules hold the averaged weights inside the block and their own again after it."""
+        raw = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules]
+        self.apply()
+        try:
+            yield
+        finally:
+            for m, weights in zip(self.modules, raw):
+                m.load_state_dict(weights)
+
+
 def train_teacher(family: Family, latents: torch.Tensor, prompts: list[str], steps: int, batch: int = 32,
                   lr: float = 3e-4, seed: int = 0, ctx: Dist = SINGLE, train_text: bool = True,
                   log: Log | None = None, warmup: int = 100, resume: dict | None = None,
-                  checkpoint: Callable[[dict], None] | None = None, every: int = 500) -> list[float]:
+                  checkpoint: Callable[[dict], None] | None = None, every: int = 500, ema: float = 0.0) -> list[float]:
     """Train the transformer (and the text encoders) on precomputed latents; returns per-step losses.
 
     ``checkpoint(state)`` is called every ``every`` steps and at the end with the loop's state (step,
-    optimizer, schedule, generator); pass such a state back as ``resume`` to continue where it stopped."""
+    optimizer, schedule, generator); pass such a state back as ``resume`` to continue where it stopped.
+    ``ema`` > 0 keeps an exponential moving average of the trained weights (``EMA``): ``checkpoint`` is then
+    called with the modules holding the averaged weights (what a saved teacher should be), the state carries
+    the average and the raw weights (to resume exactly), and the family ends with the averaged weights."""
+    modules = [family.transformer] + ([family.text_encoder, family.text_encoder_2] if train_text else [])
     for m in (family.transformer, family.text_encoder, family.text_encoder_2):
         m.train()
+    average = EMA(modules, ema) if ema else None
+    if resume and "raw_weights" in resume:  # the saved folder holds the average; training goes on from these
+        for m, weights in zip(modules, resume["raw_weights"]):
+            m.load_state_dict(weights)
+    if average and resume and "ema" in resume:
+        average.load_state_dict(resume["ema"])
     params = teacher_params(family, train_text)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)))
@@ -124,17 +173,29 @@ def train_teacher(family: Family, latents: torch.Tensor, prompts: list[str], ste
         sched.load_state_dict(resume["schedule"])
         g.set_state(resume["generator"])
         start = int(resume["step"])
-    state = lambda step: {"step": step, "optimizer": opt.state_dict(), "schedule": sched.state_dict(),  # noqa: E731
-                          "generator": g.get_state()}
+    def state(step):
+        out = {"step": step, "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "generator": g.get_state()}
+        if average:
+            clone = lambda d: {k: v.detach().clone() for k, v in d.items()}  # noqa: E731 (a copy, not live tensors)
+            out["ema"] = [clone(d) for d in average.shadow]
+            out["raw_weights"] = [clone(m.state_dict()) for m in modules]
+        return out
+
     losses = []
     for step in range(start, steps):
         b = draw_batch(g, len(latents), batch, tuple(latents.shape[1:]))
         losses.append(teacher_step(family, latents, prompts, b, params, opt, ctx))
         sched.step()
+        if average:
+            average.update()
         if log:
             log(step, {"teacher_loss": losses[-1]})
         if checkpoint and ((step + 1) % every == 0 or step + 1 == steps):
-            checkpoint(state(step + 1))
+            current = state(step + 1)
+            with average.applied() if average else contextlib.nullcontext():
+                checkpoint(current)
+    if average:
+        average.apply()
     for m in (family.transformer, family.text_encoder, family.text_encoder_2):
         m.eval()
     return losses
