@@ -26,9 +26,9 @@ def flags() -> list[str] | None:
 
 
 def x86_without_vnni() -> bool:
-    """True only when this is known to be an x86 CPU without int8 dot products (AVX2 only, AVX-512 before
-    Ice Lake / Cascade Lake, AMD before Zen 4): there, ONNX Runtime's u8 x s8 kernels (``vpmaddubsw``) saturate
-    their int16 pair sums. False on VNNI CPUs, on ARM and where the flags are unknown."""
+    """True only when this is known to be an x86 CPU without int8 dot products (AVX2 only, Skylake-era AVX-512
+    before Cascade Lake / Ice Lake, AMD before Zen 4): there, ONNX Runtime's u8 x s8 kernels (``vpmaddubsw``)
+    saturate their int16 pair sums. False on VNNI CPUs, on ARM and where the flags are unknown."""
     if platform.machine().lower() not in X86:
         return False
     have = flags()
