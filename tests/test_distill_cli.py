@@ -42,6 +42,20 @@ def test_every_stage_writes_a_folder_the_sdk_loads(tmp_path, capsys):
     assert main(["train", "--out", str(out), "--seed", "0", *SMALL, "--stages", "dmd", "--no-timestep-sharing"]) == 0
     assert (out / "student-4step-dmd-random" / "model_index.json").is_file()
 
+    # each DMD run measured its gradient's variance under both rules at its start, middle and end ...
+    for name in ("student-4step-dmd", "student-4step-dmd-random"):
+        measured = json.loads((out / f"{name}-gradient-variance.json").read_text())
+        assert [m["iteration"] for m in measured] == [0, 1, 2]
+        assert all(m[rule]["relative"] >= 0 for m in measured for rule in ("sharing", "random"))
+    # ... and the ablation table shows it beside the scores and the artefact score
+    from benchmarks.distill_ablation import main as ablation
+
+    assert ablation(["--run", str(out), "--n", "2", "--out", str(tmp_path / "ablation")]) == 0
+    table = (tmp_path / "ablation" / "distill-ablation.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| student 4-step | + DMD, random"))
+    assert "| random " in row and "(sharing " in row and row.count(" / ") >= 5
+    assert "artefacts ring / far" in table and "| student 2-step | + DMD, random timesteps | 2 | missing" in table
+
     capsys.readouterr()
     assert main(["eval", "--model", str(out / "teacher"), "--steps", "2", "--n", "4"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
