@@ -95,7 +95,8 @@ def main(argv=None) -> int:
               "(flagged above 15 / 10). Gradient variance: E||g - mean g||^2 / ||mean g||^2 of the DMD term's "
               "gradient on the student's weights over independent batches at the same weights, measured under "
               "both rules on the same batches (equal compute) at the start, middle and end of that run's DMD; "
-              "lower is a steadier gradient."]
+              "lower is a steadier gradient; over M batches it lies in [0, M - 1], M - 1 meaning the batches' "
+              "gradients share no direction."]
     (a.out / "distill-ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if grid_rows:

@@ -189,8 +189,9 @@ def gradient_variance(family: Family, state: DMDState, prompts: list[str], laten
 
     Per rule: ``mean_norm2`` (squared norm of the mean gradient), ``variance`` (mean squared distance of a
     batch's gradient to the mean: the covariance's trace) and ``relative`` = variance / mean_norm2, the
-    scale-free number to compare (the rules' gradients differ in size). The paper's claim is that sharing
-    lowers it."""
+    scale-free number to compare (the rules' gradients differ in size). Over M batches it lies in [0, M - 1]:
+    0 when every batch gives the same gradient, M - 1 when the batches' gradients share no direction (the mean
+    is then only the noise's 1/M). The paper's claim is that sharing lowers it."""
     params = state.student_params
     out = {}
     for share in (True, False):
