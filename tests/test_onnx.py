@@ -356,7 +356,9 @@ def test_backend_options(b8):
     bound = OnnxBackend(threads=2, io_binding=True, graph_optimization_level="basic").load(bundle, "transformer")
     assert plain.providers == ["CPUExecutionProvider"] and bound.io_binding and not plain.io_binding
     a, b = plain.run(feeds)["velocity"], bound.run(feeds)["velocity"]
-    assert a.shape == (1, 16, 8, 8) and psnr(a, b) > 60.0
+    # "basic" leaves the int8 ops unfused, "all" fuses them (DynamicQuantizeMatMul): activation rounding differs,
+    # so the two agree to int8 accuracy, not bit for bit (measured 56.0 dB; the int8 transformer's floor is 50)
+    assert a.shape == (1, 16, 8, 8) and psnr(a, b) > 50.0, psnr(a, b)
     with pytest.raises(InvalidInput, match="threads"):
         OnnxBackend(threads=0).load(bundle, "transformer")
     with pytest.raises(InvalidInput, match="graph_optimization_level"):
