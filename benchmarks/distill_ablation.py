@@ -114,7 +114,7 @@ def variance_cell(measured: list | None, folder: str) -> str:
     if not measured:
         return ""
     own, other = ("random", "sharing") if folder.endswith("-random") else ("sharing", "random")
-    fmt = lambda rule: " / ".join(f"{m[rule]['relative']:.2f}" for m in measured)  # noqa: E731
+    fmt = lambda rule: " / ".join(f"{m[rule]['relative']:.2f}" if rule in m else "-" for m in measured)  # noqa: E731
     return f"{own} {fmt(own)} ({other} {fmt(other)})"
 
 

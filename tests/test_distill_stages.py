@@ -307,3 +307,10 @@ def test_decoder_finetune_trains_the_decoder_alone_and_keeps_the_latent_space(tm
     for k, v in new.transformer.state_dict().items():
         assert torch.equal(v, fam.transformer.state_dict()[k]), k  # the transformer is untouched
     assert any(not torch.equal(v, fam.vae.decoder.state_dict()[k]) for k, v in new.vae.decoder.state_dict().items())
+
+
+def test_gradient_variance_of_a_one_step_student_measures_random_timesteps_only(family, pairs):
+    """A 1-step schedule has no interior level to share: the measurement does not fail, it reports one rule."""
+    state = _dmd_state(family, flow.schedule(1, 3.0), share_timesteps=False)
+    measured = dmd.gradient_variance(family, state, PROMPTS, tuple(pairs[0].shape[2:]), batches=2, batch=4)
+    assert "sharing" not in measured and measured["random"]["variance"] > 0

@@ -191,10 +191,12 @@ def gradient_variance(family: Family, state: DMDState, prompts: list[str], laten
     batch's gradient to the mean: the covariance's trace) and ``relative`` = variance / mean_norm2, the
     scale-free number to compare (the rules' gradients differ in size). Over M batches it lies in [0, M - 1]:
     0 when every batch gives the same gradient, M - 1 when the batches' gradients share no direction (the mean
-    is then only the noise's 1/M). The paper's claim is that sharing lowers it."""
+    is then only the noise's 1/M). The paper's claim is that sharing lowers it. A 1-step schedule has no
+    interior level to share: only ``random`` is measured."""
     params = state.student_params
     out = {}
-    for share in (True, False):
+    rules = (True, False) if len(state.sigmas) - 1 >= 2 else (False,)  # a 1-step schedule has nothing to share
+    for share in rules:
         rule = dataclasses.replace(state, config=dataclasses.replace(state.config, share_timesteps=share))
         g = torch.Generator().manual_seed(seed)
         total, total2 = None, 0.0
