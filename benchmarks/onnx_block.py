@@ -242,10 +242,10 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
 
-    from flash_edge.bench.measure import cpu_flags
+    from flash_edge import cpu
 
     record.update(command="nice -n 5 .venv/bin/python -m benchmarks.onnx_block " + " ".join(argv or sys.argv[1:]),
-                  machine=f"{platform.machine()} {os.cpu_count()} cores, {'/'.join(cpu_flags()) or 'no AVX'}",
+                  machine=f"{platform.machine()} {os.cpu_count()} cores, {'/'.join(cpu.flags() or []) or 'no AVX'}",
                   load_avg=os.getloadavg(),
                   versions={"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), variants=list(args.variants))

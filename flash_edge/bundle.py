@@ -46,6 +46,11 @@ class ComponentEntry:
     outputs: list[dict]
     options: dict = field(default_factory=dict)  # target-specific facts (class name, method, EP hint, ...)
 
+    @property
+    def programs(self) -> list[dict]:
+        """The entry's own options and each chunk's (``options.chunks``): every program's facts."""
+        return programs(self.options)
+
     def spec(self, name: str) -> ComponentSpec:
         return ComponentSpec(name, tuple(TensorSpec.from_dict(t) for t in self.inputs),
                              tuple(TensorSpec.from_dict(t) for t in self.outputs))
@@ -53,6 +58,15 @@ class ComponentEntry:
     def to_dict(self) -> dict:
         return dict(target=self.target, precision=self.precision, path=self.path, files=self.files,
                     inputs=self.inputs, outputs=self.outputs, options=self.options)
+
+
+def programs(options) -> list[dict]:
+    """A component entry's ``options`` and its chunks' (the one layout every target writes), skipping what is
+    not an object (an entry's options come from an untrusted manifest)."""
+    if not isinstance(options, dict):
+        return []
+    chunks = options.get("chunks")
+    return [options, *(c for c in chunks if isinstance(c, dict))] if isinstance(chunks, list) else [options]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -131,8 +145,7 @@ class Bundle:
                 raise BundleError(f"bundle file {f} does not match its sha256 in the manifest: it is corrupt "
                                   f"or was changed after export")
         for name, entry in self.components.items():
-            programs = [entry.options, *(entry.options.get("chunks") or [])]
-            for key, rel in (("path", entry.path), *((k, p[k]) for p in programs for k in ("path", "compiled")
+            for key, rel in (("path", entry.path), *((k, p[k]) for p in entry.programs for k in ("path", "compiled")
                                                      if isinstance(p.get(k), str))):
                 inside(self.path, rel, f"components.{name} {key}")
         stray = stray_entries(self.path, set(files) | {MANIFEST}, IGNORED, limit=5)

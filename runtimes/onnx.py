@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 from .. import cpu
+from ..bundle import programs
 from ..errors import BackendUnavailable, BundleError, DeviceWarning, InvalidInput
 from .base import Backend, Session
 
@@ -151,12 +152,8 @@ class OnnxSession(Session):
 def signed_int8_weights(options) -> bool:
     """Whether an artifact's manifest options say its int8 weights are signed (the exporter's
     ``quantization.weights``, per component or per chunk, reads ``s8 per-channel``)."""
-    if not isinstance(options, dict):
-        return False
-    chunks = options.get("chunks")
-    records = [options] + ([c for c in chunks if isinstance(c, dict)] if isinstance(chunks, list) else [])
     return any(isinstance(r.get("quantization"), dict) and str(r["quantization"].get("weights", "")).startswith("s8")
-               for r in records)
+               for r in programs(options))
 
 
 _WARNED: set = set()  # (bundle folder, component) already warned about: the low policy re-opens per image

@@ -184,18 +184,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> list[str]:
-    """The vector-extension flags that decide which kernels run (VNNI: int8 dot products; AMX; bf16)."""
-    return cpu.flags() or []
-
-
 def machine_info() -> dict:
     import psutil
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     info = {
         "system": platform.system(), "release": platform.release(), "machine": platform.machine(),
-        "cpu": _cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": psutil.cpu_count(logical=True),
+        "cpu": _cpu_model(), "cpu_flags": cpu.flags() or [], "logical_cpus": psutil.cpu_count(logical=True),
         "physical_cpus": psutil.cpu_count(logical=False), "memory_bytes": int(psutil.virtual_memory().total),
         "python": platform.python_version(), "load_average": list(load) if load else None,
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
