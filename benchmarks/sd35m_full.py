@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", nargs="+", help="only these precisions")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="flash-bench --warmup (ONNX Runtime settles after two runs)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sd35m-full"))
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' pipeline baseline")
     p.add_argument("--prompts", help="flash-bench --prompts: a file of quality prompts (default: its 8)")
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
                    help="memory policies to measure each bundle under (flash-bench --memory)")
     p.add_argument("--e2e-steps", nargs="+", default=["4"], help="flash-bench --e2e-steps (default: 4 only)")
     p.add_argument("--decode-tile", type=int, help="export with flash-export --decode-tile PIXELS (overlap: a third)")
+    p.add_argument("--int8-weights", choices=("u8", "s8"),
+                   help="ONNX int8: flash-export --int8-weights (s8: for CPUs with VNNI; named in the bundle's folder)")
     args = p.parse_args(argv)
     from flash_edge.cli.bench import main as bench
     from flash_edge.cli.common import quiet_libraries
@@ -133,12 +136,17 @@ def main(argv=None) -> int:
             if reason:
                 say(f"skipping {target} {precision}: {reason}")
                 continue
-            out = work / (f"sd35m-{target}-{precision}-{args.size}" + (f"-tile{tile}" if (tile := args.decode_tile) else ""))
+            typed = args.int8_weights and (target, precision) == ("onnx", "int8")
+            options = {"int8_weights": args.int8_weights} if typed else {}
+            tile = args.decode_tile
+            out = work / (f"sd35m-{target}-{precision}-{args.size}" + (f"-tile{tile}" if tile else "")
+                          + (f"-{args.int8_weights}" if options else ""))
             if not (out / "manifest.json").is_file():
                 say(f"exporting {out.name}")
                 try:
                     export_bundle(model, target, out, precision, height=args.size, width=args.size, steps=4,
-                                  decode_tile=tile, decode_overlap=tile // 3 // 8 * 8 if tile else None, progress=say)
+                                  decode_tile=tile, decode_overlap=tile // 3 // 8 * 8 if tile else None, progress=say,
+                                  **options)
                 except FlashError as e:
                     say(f"  {out.name} not benchmarked: {e}")
                     continue
@@ -147,7 +155,8 @@ def main(argv=None) -> int:
         say("no bundle could be exported here")
         return 2
     argv = [a for b in bundles for a in ("--bundle", str(b))]
-    return bench([*argv, "--out", args.out, "--repeats", str(args.repeats), "--model", str(model),
+    return bench([*argv, "--out", args.out, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                  "--model", str(model),
                   "--teacher", "estimate", "--memory", *args.memory, "--e2e-steps", *args.e2e_steps, *(["--prompts", args.prompts] if args.prompts else []),
                   *(["--no-diffusers"] if args.no_diffusers else [])])
 

@@ -159,6 +159,18 @@ def test_teacher_setting_is_the_pipelines_cfg_sampler(tiny_dir):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
+def test_warmup_runs_are_unmeasured_and_their_phases_dropped(torch_bundle):
+    """``--warmup N``: N unmeasured generations before the measured ones, whose phases alone are kept."""
+    from flash_edge.bench.latency import measure_e2e
+    from flash_edge.pipeline import FlashPipeline
+
+    pipe = FlashPipeline.from_bundle(torch_bundle)
+    calls, generate = [], pipe.generate
+    pipe.generate = lambda *a, **k: calls.append(1) or generate(*a, **k)
+    out = measure_e2e(pipe, "a red circle", repeats=2, say=lambda m: None, steps=(4,), warmup=3)
+    assert len(calls) == 5 and out["4"]["n"] == 2 and len(out["4"]["phases"]) == 2
+
+
 def test_with_steps_rebuilds_the_schedule_from_the_bundles_shift(torch_bundle, tiny_dir):
     from flash_edge.pipeline import FlashPipeline
 
@@ -216,7 +228,7 @@ def _timing(s):
 def test_report_json_has_every_field(report, torch_bundle, bf16_bundle):
     out, r = report
     assert r["schema"] == "flash-bench/1" and r["command"].startswith("flash-bench --bundle")
-    assert r["settings"]["prompts"] == list(quality.SHAPES_PROMPTS)  # bundles of tiny: prompts in its domain
+    assert r["settings"]["prompts"] == list(quality.SHAPES_PROMPTS) and r["settings"]["warmup"] == 1  # bundles of tiny: prompts in its domain
     assert r["machine"]["logical_cpus"] >= 1 and r["machine"]["versions"]["numpy"] and r["machine_label"]
     assert r["gemm"]["peak_flops_per_s"] > 0 and r["gemm"]["best"] in ("numpy", "torch")
     assert "torch" in r["backends_registered"] and r["backends_registered"]["torch"] == "available"
@@ -312,6 +324,7 @@ def bench_cli_summary_header():
     (["--bundle", "/nonexistent/bundle"], "does not exist"),
     (["--height", "256"], "generates 64x64, not the --height 256"),
     (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--warmup", "-1"], "--warmup must be 0 or more"),
 ])
 def test_bad_input_is_one_line_exit_2(torch_bundle, tmp_path, capsys, extra, message):
     argv = ["--out", str(tmp_path / "o"), "--quiet"]

@@ -111,7 +111,8 @@ def markdown(results: dict) -> str:
              f"Load average at start: {s.get('load_average_start')}, at the end: "
              f"{results['machine'].get('load_average')}.", "",
              f"Command: `{results['command']}`; {results['started']} to {results['finished']}.",
-             f"Medians of {s['repeats']} run(s) after 1 warm-up (p90 and every raw time in results.json). "
+             f"Medians of {s['repeats']} run(s) after {s.get('warmup', 1)} warm-up(s) (p90 and every raw time in "
+             "results.json). "
              f"Quality: {len(s['prompts'])} prompts, prompt i with seed i, against the fp32 PyTorch reference.",
              f"GEMM peak (float32, {gemm['n']}^3, best of numpy/torch): "
              f"{gemm['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({gemm['best']}).", "",

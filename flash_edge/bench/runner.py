@@ -30,6 +30,7 @@ Say = Callable[[str], None]
 class Options:
     bundles: list[str]
     repeats: int = 3
+    warmup: int = 1  # unmeasured runs before each timing (real-size ONNX Runtime sessions settle after two)
     height: int | None = None
     width: int | None = None
     backend: str = "auto"
@@ -96,7 +97,7 @@ def _reference(bundle: Bundle, source: str, opts: Options, gemm: dict, say: Say)
     ref = {"label": "PyTorch fp32 reference (in memory)", "source": source, "load": load,
            "backends": pipe.info.get("backends")}
     ref["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher,
-                                              opts.e2e_steps)
+                                              opts.e2e_steps, opts.warmup)
     ref["flops"] = _flop_stats(bundle, ref["latency"], gemm)
     say(f"  reference images for {len(opts.prompts)} prompts")
     ref["images"] = quality.generate_all(pipe, opts.prompts)
@@ -127,7 +128,7 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
            "steps": bundle.spec.sampler.steps, "t5": bundle.spec.text.t5, "verify_s": verify_s,
            "load_in_process": load, "memory_policy": policy}
     row["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher,
-                                              opts.e2e_steps)
+                                              opts.e2e_steps, opts.warmup)
     ref = references.get(key)
     row["reference"] = key
     if first is None:
@@ -158,6 +159,8 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
 def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
     if opts.repeats < 1:
         raise InvalidInput(f"--repeats must be at least 1, got {opts.repeats}")
+    if opts.warmup < 0:
+        raise InvalidInput(f"--warmup must be 0 or more, got {opts.warmup}")
     if not opts.bundles:
         raise InvalidInput("name at least one --bundle to measure")
     if opts.prompts is not None and len(opts.prompts) < 1:
@@ -216,7 +219,7 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
     return {"schema": SCHEMA, "command": opts.command, "started": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine, "machine_label": measure.machine_label(machine), "gemm": gemm,
-            "settings": {"repeats": opts.repeats, "warmup": 1, "backend": opts.backend, "teacher": opts.teacher,
+            "settings": {"repeats": opts.repeats, "warmup": opts.warmup, "backend": opts.backend, "teacher": opts.teacher,
                          "threads": opts.threads,
                          "memory_policies": list(opts.memory_policies),
                          "e2e_steps": list(opts.e2e_steps), "prompts": list(opts.prompts),

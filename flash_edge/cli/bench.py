@@ -21,8 +21,10 @@ def parser():
                     "flash-bench --bundle bundles/tiny-torch --bundle bundles/tiny-onnx --out bench/ --repeats 5")
     p.add_argument("--bundle", action="append", required=True, help="a bundle directory (repeat for several)")
     p.add_argument("--out", required=True, help="directory for the results (created; files in it are replaced)")
-    p.add_argument("--repeats", type=integer_arg, default=3, help="measured runs per timing after one warm-up "
+    p.add_argument("--repeats", type=integer_arg, default=3, help="measured runs per timing, after the warm-up "
                    "(default 3)")
+    p.add_argument("--warmup", type=integer_arg, default=1, help="unmeasured runs before each timing (default 1; "
+                   "2 for real-size ONNX bundles, whose sessions settle after two runs)")
     p.add_argument("--height", type=integer_arg, help="expected image height: every bundle must have it")
     p.add_argument("--width", type=integer_arg, help="expected image width: every bundle must have it")
     p.add_argument("--backend", default="auto", help="backend for every bundle: auto (default) or a registered one")
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
             raise InvalidInput(f"--out {out} exists and is not a directory")
         if args.repeats < 1:
             raise InvalidInput(f"--repeats must be at least 1, got {args.repeats}")
+        if args.warmup < 0:
+            raise InvalidInput(f"--warmup must be 0 or more, got {args.warmup}")
         quiet_libraries()
         from ..bench.plots import latency_plot, quality_plot
         from ..bench.report import write_json, write_markdown
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
 
         say = Progress(not args.quiet)
         prompts = _read_prompts(args.prompts) if args.prompts else None
-        opts = Options(bundles=args.bundle, repeats=args.repeats, height=args.height, width=args.width,
+        opts = Options(bundles=args.bundle, repeats=args.repeats, warmup=args.warmup, height=args.height, width=args.width,
                        backend=args.backend, model=args.model, teacher=args.teacher, diffusers=args.diffusers,
                        memory=args.memory, threads=args.threads, memory_policies=tuple(dict.fromkeys(args.memory_policies)),
                        e2e_steps=tuple(sorted(set(args.e2e_steps))),
