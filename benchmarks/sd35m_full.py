@@ -113,6 +113,8 @@ def main(argv=None) -> int:
                    help="memory policies to measure each bundle under (flash-bench --memory)")
     p.add_argument("--e2e-steps", nargs="+", default=["4"], help="flash-bench --e2e-steps (default: 4 only)")
     p.add_argument("--decode-tile", type=int, help="export with flash-export --decode-tile PIXELS (overlap: a third)")
+    p.add_argument("--external-data", action="store_true",
+                   help="ONNX: flash-export --external-data always (mapped weights; 'low' then keeps pre-packing)")
     p.add_argument("--int8-weights", choices=("u8", "s8"),
                    help="ONNX int8: flash-export --int8-weights (s8: for CPUs with VNNI; named in the bundle's folder)")
     args = p.parse_args(argv)
@@ -136,11 +138,15 @@ def main(argv=None) -> int:
             if reason:
                 say(f"skipping {target} {precision}: {reason}")
                 continue
-            typed = args.int8_weights and (target, precision) == ("onnx", "int8")
-            options = {"int8_weights": args.int8_weights} if typed else {}
+            options = {}
+            if args.int8_weights and (target, precision) == ("onnx", "int8"):
+                options["int8_weights"] = args.int8_weights
+            if args.external_data and target == "onnx":
+                options["external_data"] = "always"
             tile = args.decode_tile
             out = work / (f"sd35m-{target}-{precision}-{args.size}" + (f"-tile{tile}" if tile else "")
-                          + (f"-{args.int8_weights}" if options else ""))
+                          + (f"-{args.int8_weights}" if "int8_weights" in options else "")
+                          + ("-ext" if "external_data" in options else ""))
             if not (out / "manifest.json").is_file():
                 say(f"exporting {out.name}")
                 try:

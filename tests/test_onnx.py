@@ -233,6 +233,30 @@ def test_fp16_bundle_is_marked_for_gpu_and_keeps_norms_fp32(b16_external):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
 
 
+def test_low_prepacks_mapped_weights_and_draws_fasts_image(b16_external, b8):
+    """``low`` keeps ONNX Runtime's pre-packing for models whose weights are in a data file (mapped: measured at no
+    extra peak at real size), so its image is ``fast``'s bit for bit; weights inside the protobuf are not
+    pre-packed (measured +0.4 GB there); ``prepack`` overrides either way, and a non-boolean is refused."""
+    fast = FlashPipeline.from_bundle(b16_external, backend="onnx", memory="fast")
+    low = FlashPipeline.from_bundle(b16_external, backend="onnx", memory="low")
+    assert _prepack_entry(low, "transformer") is None  # mapped weights: pre-packed
+    assert np.array_equal(low.generate(PROMPT, seed=SEED), fast.generate(PROMPT, seed=SEED))
+    assert _prepack_entry(FlashPipeline.from_bundle(b8, backend="onnx", memory="low"), "transformer") == "1"
+    forced = FlashPipeline.from_bundle(b16_external, backend="onnx", memory="low", prepack=False)
+    assert _prepack_entry(forced, "transformer") == "1"
+    with pytest.raises(InvalidInput, match="prepack must be true or false, got 'yes'"):
+        FlashPipeline.from_bundle(b8, backend="onnx", memory="low", prepack="yes").sessions["transformer"]
+
+
+def _prepack_entry(pipe, name):
+    """The session's ``session.disable_prepacking`` entry ("1": off), or None where it is not set."""
+    options = pipe.sessions[name].session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.disable_prepacking")
+    except Exception:  # noqa: BLE001 - ORT raises when the key was never set
+        return None
+
+
 def test_missing_external_data_is_one_line_error_naming_the_file(b16_external, tmp_path):
     broken = tmp_path / "b"
     shutil.copytree(b16_external, broken)
