@@ -61,7 +61,8 @@ def measure_components(pipe: FlashPipeline, prompt: str, repeats: int, say: Say,
     return out
 
 
-def measure_e2e(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, steps=E2E_STEPS, warmup: int = 1) -> dict:
+def measure_e2e(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, steps=E2E_STEPS,
+                warmup: int = 1) -> dict:
     """prompt -> image for each step count; per-phase seconds of every measured run are kept."""
     out = {}
     for n in sorted(set(steps) | {pipe.spec.sampler.steps}):
@@ -105,8 +106,8 @@ def measure_teacher(pipe: FlashPipeline, prompt: str, repeats: int, components: 
 
 def measure_pipeline(pipe: FlashPipeline, prompt: str, repeats: int, say: Say, teacher: str = "measure",
                      e2e_steps=E2E_STEPS, warmup: int = 1) -> dict:
-    """``warmup`` unmeasured runs before each timing: at real size, ONNX Runtime's first two runs of a session are
-    slower (its arena and memory pattern settle; measured 5.1 and 6.9 s, then 3.3 s, for the SD3.5-Medium int8 step)."""
+    """``warmup`` unmeasured runs before each timing: at real size ONNX Runtime's first two runs of a session are
+    slower (measured for the SD3.5-Medium int8 step on a 2-core Xeon: 5.1 and 6.9 s, then 3.3 s)."""
     components = measure_components(pipe, prompt, repeats, say, warmup)
     e2e = measure_e2e(pipe, prompt, repeats, say, e2e_steps, warmup)
     own = str(pipe.spec.sampler.steps)
