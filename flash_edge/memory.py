@@ -9,8 +9,9 @@ A generation has three stages: encode (the text encoders), denoise (the transfor
   transformer and the decoder stay. For a stream of images on a laptop.
 * ``low``: each component is opened just before its stage and released right after it (what
   apple/ml-stable-diffusion calls ``reduceMemory``), so at most one stage's weights are resident. Backends
-  are also opened with their low-memory settings (``low_memory=True``: ONNX Runtime without its memory arena,
-  memory patterns or pre-packed weights). For phones. Costs a load of every component per image.
+  are also opened with their low-memory settings (``low_memory=True``: ONNX Runtime without its memory arena
+  or memory patterns, and without pre-packed weights unless the weights are in a mapped external data file;
+  ``runtimes/onnx.py``). For phones. Costs a load of every component per image.
 * ``stream``: ``low``, and a component exported in chunks (``--chunks``) is streamed: each chunk is opened
   just before it runs and released right after, at every step (``runtimes/chunked.StreamedChunks``), so one
   chunk's weights are resident, not the transformer's. For the smallest phones. Costs a load of every chunk

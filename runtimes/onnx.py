@@ -18,7 +18,7 @@ Options (``FlashPipeline.from_bundle(path, backend="onnx", **options)``):
   the protobuf, pre-packing raised ``low``'s whole-generation peak from 2.89 to 3.27-3.30 GB (u8, AVX2 EPYC);
   with them in external data files (``flash-export --external-data always``), which ONNX Runtime maps, it costs
   nothing (2.854 GB with, 2.857 GB without, s8 on a VNNI/AMX Xeon), runs as fast, and gives ``fast``'s image
-  bit for bit (without it, MLAS's unpacked kernels sum in another order). So ``low`` pre-packs exactly the
+  bit for bit (without it, MLAS's unpacked kernels round differently: another image). So ``low`` pre-packs exactly the
   models with external data.
 - ``prepack``: ``True``/``False`` overrides that choice (default: pre-packed, except as above).
 
