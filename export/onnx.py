@@ -44,7 +44,7 @@ FLOORS = {
     ("int8", "dynamic"): {"text_encoder": 38.0, "text_encoder_2": 38.0, "text_encoder_3": 38.0,
                           "transformer": 50.0, "vae_decoder": 60.0, "image": 42.0},
     ("int8", "qdq"): {"text_encoder": 35.0, "text_encoder_2": 35.0, "text_encoder_3": 35.0,
-                      "transformer": 48.0, "vae_decoder": 60.0, "image": 40.0},
+                      "transformer": 45.0, "vae_decoder": 60.0, "image": 40.0},
 }
 FLOORS_QUANTIZED_VAE = {"dynamic": {"vae_decoder": 35.0, "image": 35.0}, "qdq": {"vae_decoder": 31.0, "image": 31.0}}
 

@@ -327,7 +327,8 @@ def test_qdq_mode_transformer(tiny_dir, tmp_path):
     ops = _ops(tmp_path / art.path)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0 and "MatMulInteger" not in ops
     value = _component_psnr(module, spec, tmp_path / art.path)
-    assert exporter.parity_floor_db("transformer", "int8") <= value < 100.0, value  # measured 53.5 dB
+    # measured 47.8 dB on the 0.30 tiny (53.5 on the random-weight one): floor 45
+    assert exporter.parity_floor_db("transformer", "int8") <= value < 100.0, value
 
 
 def test_cli_option_errors(tmp_path, capsys):

@@ -81,10 +81,10 @@ def tiled_bundle(tmp_path_factory, tiny_dir):
 def test_a_tiled_bundle_decodes_in_tiles_within_its_measured_floor(tiled_bundle):
     """The tiny model's 64x64 image in 48 px tiles overlapping by 16 px. The decoder takes one 6x6-cell tile;
     the image differs from the untiled reference only by tiling: the VAE's mid-block attention sees one tile
-    instead of the whole latent (measured here: 26.2 dB with the 0.28 `tiny`; 29.5 dB with the previous one's
-    picture of this prompt, 35.5 dB before its decoder fine-tune, which leans more on that attention; the cost
-    depends on the picture; SD3.5-Medium's architecture at 512^2, random weights: 42.3 dB for 384/128 px tiles,
-    32.9 dB for 256/64). Floor 24 dB.
+    instead of the whole latent (measured here: 23.5 dB with the 0.30 `tiny`, 26.2 with the 0.28 one, 29.5 with
+    the one before's picture of this prompt, 35.5 dB before its decoder fine-tune, which leans more on that
+    attention; the cost depends on the picture; SD3.5-Medium's architecture at 512^2, random weights: 42.3 dB for 384/128 px tiles,
+    32.9 dB for 256/64). Floor 21 dB.
     The manifest records that cost; the bundle's own decoder matches the tiled reference (the gate, 60 dB)."""
     manifest = json.loads((tiled_bundle / "manifest.json").read_text())
     assert manifest["generation"]["decode"] == {"tile": 6, "overlap": 2}
@@ -97,7 +97,7 @@ def test_a_tiled_bundle_decodes_in_tiles_within_its_measured_floor(tiled_bundle)
     image = pipe.generate(PROMPT, seed=0)
     untiled = FlashPipeline.from_model("tiny").generate(PROMPT, seed=0)
     value = psnr(untiled, image, data_range=1.0)
-    assert 24.0 <= value < 60.0, value  # < 60: tiling happened (one pass would read ~139 dB)
+    assert 21.0 <= value < 60.0, value  # < 60: tiling happened (one pass would read ~139 dB)
     assert abs(value - recorded) < 0.5, (value, recorded)  # the manifest's number is this image's
 
 
@@ -147,4 +147,4 @@ def test_flash_bench_times_the_whole_tiled_decode(tiled_bundle):
                                 memory=False, prompts=(PROMPT,), e2e_steps=(4,)))
     row = results["bundles"][0]
     assert row["latency"]["components"]["vae_decoder"]["median"] > 0
-    assert 24.0 <= row["quality"]["psnr_db_min"] < 60.0, row["quality"]
+    assert 21.0 <= row["quality"]["psnr_db_min"] < 60.0, row["quality"]
