@@ -83,8 +83,8 @@ def test_a_tiled_bundle_decodes_in_tiles_within_its_measured_floor(tiled_bundle)
     the image differs from the untiled reference only by tiling: the VAE's mid-block attention sees one tile
     instead of the whole latent (measured here: 23.5 dB with the 0.30 `tiny`, 26.2 with the 0.28 one, 29.5 with
     the one before's picture of this prompt, 35.5 dB before its decoder fine-tune, which leans more on that
-    attention; the cost depends on the picture; SD3.5-Medium's architecture at 512^2, random weights: 42.3 dB for 384/128 px tiles,
-    32.9 dB for 256/64). Floor 21 dB.
+    attention; the cost depends on the picture; SD3.5-Medium's architecture at 512^2, random weights: 42.3 dB
+    for 384/128 px tiles, 32.9 dB for 256/64). Floor 21 dB.
     The manifest records that cost; the bundle's own decoder matches the tiled reference (the gate, 60 dB)."""
     manifest = json.loads((tiled_bundle / "manifest.json").read_text())
     assert manifest["generation"]["decode"] == {"tile": 6, "overlap": 2}
