@@ -1,5 +1,5 @@
 """One bundle under one memory policy in a fresh process: three generations of the same prompt and seed, each
-one's end-to-end seconds and phases, the whole process's peak RSS (VmHWM, from the OS) and a hash of the last
+one's end-to-end seconds and phases, the whole process's peak RSS (from the OS: ``getrusage``) and a hash of the last
 image (policies that draw the same picture share it). For comparing policies and ONNX Runtime's pre-packing at
 real size without flash-bench's full run:
 
@@ -20,11 +20,6 @@ import time
 PROMPT = "a photo of a cat sitting in a green field"
 
 
-def vm_hwm() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.policy_probe", description=__doc__.splitlines()[0])
     p.add_argument("bundle")
@@ -32,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--prepack", choices=("0", "1"), help="ONNX: the backend's prepack option (default: the policy's)")
     p.add_argument("--runs", type=int, default=3)
     a = p.parse_args(argv)
+    from flash_edge.bench.measure import lifetime_peak_rss
     from flash_edge.pipeline import FlashPipeline
 
     extra = {"prepack": a.prepack == "1"} if a.prepack else {}
@@ -44,7 +40,7 @@ def main(argv=None) -> int:
         image = pipe.generate(PROMPT, seed=0)
         runs.append({"e2e_s": round(time.perf_counter() - t0, 2), **{k: round(v, 2) for k, v in pipe.timings.items()}})
     print(json.dumps({"bundle": os.path.basename(os.path.normpath(a.bundle)), "policy": a.policy, **extra,
-                      "load_s": round(load, 2), "runs": runs, "peak_rss_bytes": vm_hwm(),
+                      "load_s": round(load, 2), "runs": runs, "peak_rss_bytes": lifetime_peak_rss(),
                       "image_sha256": hashlib.sha256(image.tobytes()).hexdigest()[:16],
                       "load_average": list(os.getloadavg())}))
     return 0

@@ -75,7 +75,7 @@ def resolve_providers(requested=None) -> list[str]:
     return names
 
 
-def session_options(threads=None, graph_optimization_level="all", low_memory: bool = False, prepack=None):
+def session_options(threads=None, graph_optimization_level="all", low_memory: bool = False, prepack: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -84,8 +84,6 @@ def session_options(threads=None, graph_optimization_level="all", low_memory: bo
         so.enable_cpu_mem_arena = False
         so.enable_mem_pattern = False
         so.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
-    if prepack is None:
-        prepack = not low_memory
     if not isinstance(prepack, bool):
         raise InvalidInput(f"prepack must be true or false, got {prepack!r}")
     if not prepack:
@@ -209,8 +207,8 @@ class OnnxBackend(Backend):
         def one(spec, program: dict) -> OnnxSession:
             data = [root / f for f in program["files"] if f != program["path"]]
             prepack = self.options.get("prepack")
-            if prepack is None and low_memory:  # weights in a data file are mapped: packing costs no extra peak
-                prepack = bool(data)
+            if prepack is None:  # low: only weights in a data file (mapped: packing costs no extra peak)
+                prepack = not low_memory or bool(data)
             options = session_options(self.options.get("threads"),
                                       self.options.get("graph_optimization_level", "all"), low_memory, prepack)
             session = open_session(root / program["path"], providers, options, data)

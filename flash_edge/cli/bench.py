@@ -73,10 +73,6 @@ def main(argv=None) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise InvalidInput(f"--out {out} exists and is not a directory")
-        if args.repeats < 1:
-            raise InvalidInput(f"--repeats must be at least 1, got {args.repeats}")
-        if args.warmup < 0:
-            raise InvalidInput(f"--warmup must be 0 or more, got {args.warmup}")
         quiet_libraries()
         from ..bench.plots import latency_plot, quality_plot
         from ..bench.report import write_json, write_markdown
