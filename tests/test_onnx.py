@@ -248,6 +248,24 @@ def test_low_prepacks_mapped_weights_and_draws_fasts_image(b16_external, b8):
         FlashPipeline.from_bundle(b8, backend="onnx", memory="low", prepack="yes").sessions["transformer"]
 
 
+def test_parallel_prepacking_packs_the_same_weights(b8):
+    """Weights are packed on the intra-op threads (a load-time saving measured at real size): the int8
+    transformer's output is bit for bit the one packed on one thread, and the key is set only where packing is."""
+    from flash_edge.runtimes.onnx import PARALLEL_PREPACK, open_session, session_options
+
+    entry = Bundle.open(b8).components["transformer"]
+    path, feeds = b8 / entry.path, entry.spec("transformer").dummy_inputs(seed=3)
+    outputs = []
+    for parallel in ("1", "0"):
+        options = session_options(threads=2)
+        assert options.get_session_config_entry(PARALLEL_PREPACK) == "1"
+        options.add_session_config_entry(PARALLEL_PREPACK, parallel)
+        outputs.append(open_session(path, ["CPUExecutionProvider"], options).run(None, feeds))
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
+    with pytest.raises(Exception):  # noqa: B017 - ORT raises when the key was never set
+        session_options(prepack=False).get_session_config_entry(PARALLEL_PREPACK)
+
+
 def _prepack_entry(pipe, name):
     """The session's ``session.disable_prepacking`` entry ("1": off), or None where it is not set."""
     options = pipe.sessions[name].session.get_session_options()
