@@ -17,6 +17,7 @@ REGISTRY = {
     "executorch": "flash_edge.runtimes.executorch:ExecuTorchBackend",
     "coreml": "flash_edge.runtimes.coreml:CoreMLBackend",
     "onnx": "flash_edge.runtimes.onnx:OnnxBackend",
+    "openvino": "flash_edge.runtimes.openvino:OpenVinoBackend",  # ONNX artifacts on Intel CPUs; by name only
 }
 
 __all__ = ["Backend", "Session", "Device", "REGISTRY", "backend_class", "choose_backend", "detect"]

@@ -297,10 +297,17 @@ def test_a_planted_training_state_does_not_run(tmp_path):
     assert load_state(state)["step"] == 3  # what the trainer writes still loads
 
 
-def test_onnx_external_data_outside_the_bundle_is_refused(onnx_fp32_bundle, tmp_path):
-    """ONNX keeps external-data locations inside the model file, out of the manifest's sight; ONNX Runtime
-    refuses those that leave the model's folder, and the refusal is one line."""
+@pytest.mark.parametrize("backend, pattern", [
+    ("onnx", r"cannot load ONNX model .*External data path escapes model directory"),
+    ("openvino", r"OpenVINO cannot load ONNX model .*outside the base directory")])
+def test_onnx_external_data_outside_the_bundle_is_refused(onnx_fp32_bundle, tmp_path, backend, pattern):
+    """ONNX keeps external-data locations inside the model file, out of the manifest's sight; ONNX Runtime and
+    OpenVINO (which reads the same files) refuse those that leave the model's folder, and the refusal is one
+    line."""
     import onnx
+
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino backend needs the openvino package")
 
     bundle = tmp_path / "bundle"
     shutil.copytree(onnx_fp32_bundle, bundle)
@@ -316,4 +323,4 @@ def test_onnx_external_data_outside_the_bundle_is_refused(onnx_fp32_bundle, tmp_
                 entry.value = "../../weights.data"
     onnx.save_model(model, str(bundle / rel))
     relist(bundle, rel)
-    refused(bundle, r"cannot load ONNX model .*External data path escapes model directory", backend="onnx")
+    refused(bundle, pattern, backend=backend)

@@ -127,6 +127,10 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
            "backends": pipe.info.get("backends"), "height": bundle.spec.height, "width": bundle.spec.width,
            "steps": bundle.spec.sampler.steps, "t5": bundle.spec.text.t5, "verify_s": verify_s,
            "load_in_process": load, "memory_policy": policy}
+    if "openvino" in row["backends"].values():  # its compute precision depends on the CPU
+        from ..runtimes.openvino import describe
+
+        row["openvino"] = describe()
     row["latency"] = latency.measure_pipeline(pipe, opts.prompts[0], opts.repeats, say, opts.teacher,
                                               opts.e2e_steps, opts.warmup)
     ref = references.get(key)
