@@ -124,6 +124,11 @@ class OnnxExporter(Exporter):
         table = FLOORS[(precision, mode)]
         return table.get(component, table.get("*", 60.0))
 
+    def candidate_options(self) -> dict:
+        """Pre-packed weights under the gate's ``low`` policy too: unpacked s8 kernels round differently on
+        AMX, and the gate must check ``fast``'s numbers."""
+        return {"prepack": True}
+
     def quantized(self, component: str) -> bool:
         return self.precision == "int8" and (component not in STAYS_FLOAT or self.options["quantize_vae"])
 

@@ -266,6 +266,16 @@ def test_parallel_prepacking_packs_the_same_weights(b8):
         session_options(prepack=False).get_session_config_entry(PARALLEL_PREPACK)
 
 
+def test_parity_gate_runs_the_candidate_low_with_pre_packed_weights(b8):
+    """The gate's candidate opens one stage at a time (``low``: its peak is the reference plus one stage), and
+    keeps ONNX Runtime's pre-packing even for weights inside the protobuf, so it checks ``fast``'s numbers."""
+    from flash_edge.export import get_exporter
+
+    pipe = get_exporter("onnx", "int8").candidate_pipeline(b8)
+    assert pipe.info["memory"] == "low" and not pipe.sessions.open_names  # nothing resident before a stage
+    assert _prepack_entry(pipe, "transformer") is None  # pre-packed
+
+
 def _prepack_entry(pipe, name):
     """The session's ``session.disable_prepacking`` entry ("1": off), or None where it is not set."""
     options = pipe.sessions[name].session.get_session_options()

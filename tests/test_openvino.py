@@ -95,3 +95,20 @@ def test_describe_names_the_version_and_the_precision_benchmarks_record():
     facts = describe()
     assert facts["version"].split(".")[0].isdigit() and facts["inference_precision"] in ("bf16", "f16", "f32")
     assert describe("f32")["inference_precision"] == "f32"
+
+
+@pytest.mark.slow
+def test_flash_bench_runs_one_bundle_on_two_backends(onnx_fp32_bundle):
+    """One ``--backend`` per ``--bundle``: the same bundle measured on ONNX Runtime and OpenVINO in one run,
+    against one reference; the OpenVINO row records its version and compute precision."""
+    from flash_edge.bench.runner import Options, run_bench
+
+    bundle = str(onnx_fp32_bundle)
+    r = run_bench(Options(bundles=[bundle, bundle], backend=("onnx", "openvino"), repeats=1, warmup=0,
+                          memory=False, diffusers=False, teacher="estimate", e2e_steps=(), prompts=(PROMPT,)))
+    assert r["settings"]["backend"] == ["onnx", "openvino"] and len(r["baselines"]) == 1
+    onnx_row, ov_row = r["bundles"]
+    assert onnx_row["label"].endswith("(onnx)") and ov_row["label"].endswith("(openvino)")
+    assert set(ov_row["backends"].values()) == {"openvino"} and set(onnx_row["backends"].values()) == {"onnx"}
+    assert ov_row["openvino"]["inference_precision"] in ("bf16", "f16", "f32") and "openvino" not in onnx_row
+    assert ov_row["quality"]["psnr_db_pooled"] >= 45.0  # the default-precision floor above, against the reference

@@ -33,7 +33,7 @@ class Options:
     warmup: int = 1  # unmeasured runs before each timing (real-size ONNX Runtime sessions settle after two)
     height: int | None = None
     width: int | None = None
-    backend: str = "auto"
+    backend: str | tuple[str, ...] = "auto"  # one for every bundle, or one per bundle in order
     model: str | None = None  # the source model of the bundles, when the manifest's path is not here
     teacher: str = "measure"  # or "estimate" (from component medians: real-scale runs)
     diffusers: bool = True
@@ -113,13 +113,23 @@ def _reference(bundle: Bundle, source: str, opts: Options, gemm: dict, say: Say)
     return ref
 
 
+def _bundle_backends(opts: Options) -> list[str]:
+    """The backend each bundle runs on: ``opts.backend`` for all, or one per bundle."""
+    if isinstance(opts.backend, str) or len(opts.backend) == 1:
+        return [opts.backend if isinstance(opts.backend, str) else opts.backend[0]] * len(opts.bundles)
+    if len(opts.backend) != len(opts.bundles):
+        raise InvalidInput(f"give one --backend for every bundle or one per --bundle: got {len(opts.backend)} "
+                           f"backends for {len(opts.bundles)} bundles")
+    return list(opts.backend)
+
+
 def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, first: dict | None, opts: Options,
-                references: dict, ref_errors: dict, gemm: dict, say: Say) -> dict:
+                references: dict, ref_errors: dict, gemm: dict, say: Say, backend: str) -> dict:
     """One bundle under one memory policy (``BackendUnavailable`` if its backend cannot run here)."""
     several = len(opts.memory_policies) > 1
     say(f"bundle {label}" + (f", memory policy {policy}" if several else ""))
     pipe, load = latency.time_call(
-        lambda: FlashPipeline.from_bundle(bundle.path, backend=opts.backend, verify=False, memory=policy,
+        lambda: FlashPipeline.from_bundle(bundle.path, backend=backend, verify=False, memory=policy,
                                           **({"threads": opts.threads} if opts.threads else {})))
     row = {"label": f"{label} [{policy}]" if several else label, "path": str(bundle.path),
            "model": bundle.manifest.get("model", {}).get("name"),
@@ -156,7 +166,7 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
         row["ratios"]["e2e_vs_" + first["memory_policy"]] = base["e2e"][own]["median"] / row["latency"]["e2e"][own]["median"]
     if opts.memory:
         say("  cold load and peak memory in a fresh process")
-        row["memory"] = probe.run_probe(str(bundle.path), opts.backend, memory=policy, threads=opts.threads)
+        row["memory"] = probe.run_probe(str(bundle.path), backend, memory=policy, threads=opts.threads)
     return row
 
 
@@ -167,6 +177,7 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
         raise InvalidInput(f"--warmup must be 0 or more, got {opts.warmup}")
     if not opts.bundles:
         raise InvalidInput("name at least one --bundle to measure")
+    backends = _bundle_backends(opts)
     if opts.prompts is not None and len(opts.prompts) < 1:
         raise InvalidInput("at least one prompt is needed")
     if opts.threads is not None and opts.threads < 1:
@@ -200,12 +211,13 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
             references[key] = _reference(bundle, source, opts, gemm, say)
 
     rows, not_run = [], []
-    for (bundle, verify_s), key in zip(opened, keys):
-        label = _label(bundle, bundles)
+    for (bundle, verify_s), key, backend in zip(opened, keys, backends):
+        label = _label(bundle, bundles) + (f" ({backend})" if len(set(backends)) > 1 else "")
         first = None  # the first policy's row: later policies must draw the same pictures
         for policy in opts.memory_policies:
             try:
-                row = _bundle_row(bundle, verify_s, key, label, policy, first, opts, references, ref_errors, gemm, say)
+                row = _bundle_row(bundle, verify_s, key, label, policy, first, opts, references, ref_errors, gemm, say,
+                                  backend)
             except BackendUnavailable as e:  # e.g. Core ML off macOS: report what can be measured, and why not
                 say(f"  not run here: {e}")
                 not_run.append({"label": label, "path": str(bundle.path), "target": bundle.manifest.get("target"),
@@ -223,7 +235,8 @@ def run_bench(opts: Options, say: Say = lambda msg: None) -> dict:
     return {"schema": SCHEMA, "command": opts.command, "started": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine, "machine_label": measure.machine_label(machine), "gemm": gemm,
-            "settings": {"repeats": opts.repeats, "warmup": opts.warmup, "backend": opts.backend,
+            "settings": {"repeats": opts.repeats, "warmup": opts.warmup,
+                         "backend": backends[0] if len(set(backends)) == 1 else backends,
                          "teacher": opts.teacher,
                          "threads": opts.threads,
                          "memory_policies": list(opts.memory_policies),

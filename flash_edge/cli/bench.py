@@ -27,7 +27,8 @@ def parser():
                    "2 for real-size ONNX bundles, whose sessions settle after two runs)")
     p.add_argument("--height", type=integer_arg, help="expected image height: every bundle must have it")
     p.add_argument("--width", type=integer_arg, help="expected image width: every bundle must have it")
-    p.add_argument("--backend", default="auto", help="backend for every bundle: auto (default) or a registered one")
+    p.add_argument("--backend", action="append", help="backend for every bundle: auto (default) or a registered "
+                   "one; repeat it once per --bundle, in order, to run each bundle on its own")
     p.add_argument("--model", help="the bundles' source model ('tiny' or a diffusers folder), when the path in "
                    "their manifest is not on this machine")
     p.add_argument("--prompts", help="a text file with the quality prompts, one per line (default: 8 built in, in "
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         say = Progress(not args.quiet)
         prompts = _read_prompts(args.prompts) if args.prompts else None
         opts = Options(bundles=args.bundle, repeats=args.repeats, warmup=args.warmup, height=args.height,
-                       width=args.width, backend=args.backend, model=args.model, teacher=args.teacher,
+                       width=args.width, backend=tuple(args.backend or ["auto"]), model=args.model, teacher=args.teacher,
                        diffusers=args.diffusers, memory=args.memory, threads=args.threads,
                        memory_policies=tuple(dict.fromkeys(args.memory_policies)),
                        e2e_steps=tuple(sorted(set(args.e2e_steps))),
