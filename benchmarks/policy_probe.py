@@ -4,6 +4,7 @@ image (policies that draw the same picture share it). For comparing policies and
 real size without flash-bench's full run:
 
     python -m benchmarks.policy_probe BUNDLE low [--prepack 0|1] >> probe.jsonl
+    python -m benchmarks.policy_probe BUNDLE low --backend openvino --option cache_dir=/data/ov-cache >> probe.jsonl
 
 Run one process per case, with nothing else on the machine. The first generation includes ONNX Runtime's
 settling runs; ``low`` reloads every component in each.
@@ -26,20 +27,25 @@ def main(argv=None) -> int:
     p.add_argument("policy")
     p.add_argument("--prepack", choices=("0", "1"), help="ONNX: the backend's prepack option (default: the policy's)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend option, as a string (e.g. cache_dir=DIR, inference_precision=f32)")
     a = p.parse_args(argv)
     from flash_edge.bench.measure import lifetime_peak_rss
     from flash_edge.pipeline import FlashPipeline
 
     extra = {"prepack": a.prepack == "1"} if a.prepack else {}
+    extra.update(o.split("=", 1) for o in a.option)
     t0 = time.perf_counter()
-    pipe = FlashPipeline.from_bundle(a.bundle, memory=a.policy, **extra)
+    pipe = FlashPipeline.from_bundle(a.bundle, backend=a.backend, memory=a.policy, **extra)
     load = time.perf_counter() - t0
     runs = []
     for _ in range(a.runs):
         t0 = time.perf_counter()
         image = pipe.generate(PROMPT, seed=0)
         runs.append({"e2e_s": round(time.perf_counter() - t0, 2), **{k: round(v, 2) for k, v in pipe.timings.items()}})
-    print(json.dumps({"bundle": os.path.basename(os.path.normpath(a.bundle)), "policy": a.policy, **extra,
+    print(json.dumps({"bundle": os.path.basename(os.path.normpath(a.bundle)), "policy": a.policy,
+                      "backends": sorted(set(pipe.info["backends"].values())), **extra,
                       "load_s": round(load, 2), "runs": runs, "peak_rss_bytes": lifetime_peak_rss(),
                       "image_sha256": hashlib.sha256(image.tobytes()).hexdigest()[:16],
                       "load_average": list(os.getloadavg())}))

@@ -14,6 +14,11 @@ Options:
 - ``inference_precision``: ``bf16`` | ``f16`` | ``f32``; default OpenVINO's own choice for the CPU (bf16 where
   it has AMX or AVX-512 BF16, f32 elsewhere), recorded in each session's ``inference_precision``.
 - ``threads``: inference threads (default: OpenVINO's, one per physical core).
+- ``cache_dir``: a folder for OpenVINO's compiled-model cache (``CACHE_DIR``), one subfolder per model file
+  state (path, size, modification time), OpenVINO version and options. Compiling converts the weights (an fp32
+  file to bf16) on every open; from the cache a compiled model is read back instead, which is what makes the
+  ``low`` policy (every component opened again for each image) affordable here. Off by default: it writes files
+  (about the weights' size in the compute precision) and is the caller's folder to trust.
 
 Other options (meant for other backends in a mixed pipeline, or the memory policy's ``low_memory``, which
 needs nothing here: a released component's compiled model is freed) are ignored. OpenVINO itself refuses an
@@ -22,7 +27,9 @@ ONNX file whose external-data locations leave the model's folder (tested).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 from ..errors import BundleError, InvalidInput
@@ -57,6 +64,16 @@ def describe(inference_precision=None) -> dict:
 
     default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
     return {"version": ov.get_version(), "inference_precision": inference_precision or default}
+
+
+def cache_folder(cache_dir, files: list[Path], config: dict) -> Path:
+    """``cache_dir``'s subfolder for one model: keyed by its files' path, size and modification time, OpenVINO's
+    version and the compile options, so a changed file or setting never reads a stale compiled model."""
+    import openvino as ov
+
+    state = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    key = json.dumps([state, ov.get_version(), sorted(config.items())], default=str)
+    return Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 class OpenVinoSession(Session):
@@ -107,8 +124,16 @@ class OpenVinoBackend(Backend):
             for f in program["files"]:
                 if not (root / f).is_file():
                     raise BundleError(f"file {f} of ONNX model {path} is missing")
+            options = dict(config)
+            if self.options.get("cache_dir"):
+                folder = cache_folder(self.options["cache_dir"], [root / f for f in program["files"]], config)
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise InvalidInput(f"cannot use cache_dir {self.options['cache_dir']}: {e.strerror}") from None
+                options["CACHE_DIR"] = str(folder)
             try:
-                compiled = core.compile_model(str(path), "CPU", config)
+                compiled = core.compile_model(str(path), "CPU", options)
             except Exception as e:  # noqa: BLE001 - OpenVINO's errors are RuntimeErrors with multi-line text
                 detail = " ".join(str(e).split())[-300:]
                 raise BundleError(f"OpenVINO cannot load ONNX model {path} (truncated, corrupt, or its external "

@@ -112,3 +112,22 @@ def test_flash_bench_runs_one_bundle_on_two_backends(onnx_fp32_bundle):
     assert set(ov_row["backends"].values()) == {"openvino"} and set(onnx_row["backends"].values()) == {"onnx"}
     assert ov_row["openvino"]["inference_precision"] in ("bf16", "f16", "f32") and "openvino" not in onnx_row
     assert ov_row["quality"]["psnr_db_pooled"] >= 45.0  # the default-precision floor above, against the reference
+
+
+def test_cache_dir_keeps_compiled_models_and_reads_them_back(onnx_fp32_bundle, tmp_path):
+    """One cache subfolder per model file, written at the first open and read (not rewritten) at the next; the
+    image is the uncached one bit for bit. A cache_dir that is a file is a one-line error."""
+    cache = tmp_path / "ov-cache"
+    uncached = FlashPipeline.from_bundle(onnx_fp32_bundle, backend="openvino").generate(PROMPT, seed=SEED)
+    first = FlashPipeline.from_bundle(onnx_fp32_bundle, backend="openvino", cache_dir=cache).generate(PROMPT, seed=SEED)
+    folders = [d for d in cache.iterdir() if d.is_dir()]
+    assert len(folders) == 4  # two text encoders, the transformer, the decoder
+    blobs = {f: f.stat().st_mtime_ns for d in folders for f in d.iterdir()}
+    assert blobs and all(f.stat().st_size > 0 for f in blobs)
+    again = FlashPipeline.from_bundle(onnx_fp32_bundle, backend="openvino", cache_dir=cache).generate(PROMPT, seed=SEED)
+    assert {f: f.stat().st_mtime_ns for d in folders for f in d.iterdir()} == blobs
+    assert np.array_equal(first, uncached) and np.array_equal(again, uncached)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidInput, match="cannot use cache_dir .*file"):
+        FlashPipeline.from_bundle(onnx_fp32_bundle, backend="openvino", cache_dir=tmp_path / "file").generate(
+            PROMPT, seed=SEED)
