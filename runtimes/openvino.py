@@ -80,25 +80,30 @@ class OpenVinoSession(Session):
     def __init__(self, spec, compiled):
         super().__init__(spec)
         self.compiled = compiled
-        ports = {"inputs": compiled.inputs, "outputs": compiled.outputs}
-        names = {k: [p.get_any_name() for p in v] for k, v in ports.items()}
-        if sorted(names["inputs"]) != sorted(spec.input_names) or sorted(names["outputs"]) != sorted(spec.output_names):
-            raise BundleError(f"ONNX model of {spec.name} has inputs {names['inputs']} and outputs "
-                              f"{names['outputs']}; the manifest says {spec.input_names} -> {spec.output_names}")
-        tensors = {t.name: t for t in (*spec.inputs, *spec.outputs)}
-        for port in (*compiled.inputs, *compiled.outputs):
-            t = tensors[port.get_any_name()]
-            shape = port.get_partial_shape()
+        # a tensor may carry several names (fp16 exports add a Cast's): match the manifest's among them
+        ports = {}
+        for kind, declared, wanted in (("inputs", compiled.inputs, spec.input_names),
+                                       ("outputs", compiled.outputs, spec.output_names)):
+            found = {n: p for n in wanted for p in declared if n in p.get_names()}
+            if len(found) != len(wanted) or len(declared) != len(wanted):
+                names = {k: [p.get_any_name() for p in v] for k, v in (("inputs", compiled.inputs),
+                                                                        ("outputs", compiled.outputs))}
+                raise BundleError(f"ONNX model of {spec.name} has inputs {names['inputs']} and outputs "
+                                  f"{names['outputs']}; the manifest says {spec.input_names} -> {spec.output_names}")
+            ports.update(found)
+        for t in (*spec.inputs, *spec.outputs):
+            shape = ports[t.name].get_partial_shape()
             if shape.rank.get_length() != len(t.shape) or any(
                     d.is_static and d.get_length() != e for d, e in zip(shape, t.shape)):
                 raise BundleError(f"ONNX model of {spec.name} declares {t.name} as {shape}; the manifest says "
                                   f"{list(t.shape)}")
-        self.outputs = [next(p for p in compiled.outputs if p.get_any_name() == n) for n in spec.output_names]
+        self.inputs = [ports[n] for n in spec.input_names]
+        self.outputs = [ports[n] for n in spec.output_names]
         self.request = compiled.create_infer_request()
         self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # bf16, f32
 
     def _run(self, inputs):
-        result = self.request.infer(dict(zip(self.spec.input_names, inputs)))
+        result = self.request.infer(dict(zip(self.inputs, inputs)))
         return [result[port].copy() for port in self.outputs]  # the request reuses its output buffers
 
 
