@@ -6,8 +6,10 @@ only: ``FlashPipeline.from_bundle(path, backend="openvino")``, or for one compon
 ``backends={"vae_decoder": "openvino"}``. It exists for Intel CPUs, where OpenVINO computes in bf16 on AMX and
 AVX-512 BF16: on a 2-core Xeon with AMX the SD3.5 VAE decoder took 2.0 s against ONNX Runtime's 8.6 s (fp32
 file, 48 dB against fp32), and one SD3.5-Medium transformer block 0.106 s against 0.449 s for ONNX Runtime fp32
-and 0.159 s for its s8 int8 (65.6 dB against fp32; int8 54.4 dB). Give it an fp32 (or fp16) bundle: int8
-bundles hold ONNX Runtime's dynamic-quantization graph, which OpenVINO runs as plain ops (0.43 s for that block).
+and 0.159 s for its s8 int8 (65.6 dB against fp32; int8 54.4 dB); the whole 4-step 512^2 image 4.72x PyTorch
+fp32 (``benchmarks/results/sd35m-full-openvino``). Give it an fp32 bundle: int8 bundles hold ONNX Runtime's
+dynamic-quantization graph, which OpenVINO runs as plain ops (0.43 s for that block), and the fp16 bundle was
+slower (13.2 s against 11.2 s per image) at the same peak.
 
 Options:
 
@@ -15,10 +17,10 @@ Options:
   it has AMX or AVX-512 BF16, f32 elsewhere), recorded in each session's ``inference_precision``.
 - ``threads``: inference threads (default: OpenVINO's, one per physical core).
 - ``cache_dir``: a folder for OpenVINO's compiled-model cache (``CACHE_DIR``), one subfolder per model file
-  state (path, size, modification time), OpenVINO version and options. Compiling converts the weights (an fp32
-  file to bf16) on every open; from the cache a compiled model is read back instead, which is what makes the
-  ``low`` policy (every component opened again for each image) affordable here. Off by default: it writes files
-  (about the weights' size in the compute precision) and is the caller's folder to trust.
+  state (path, size, modification time), OpenVINO version and options: a later open reads the compiled model
+  back instead of parsing and transforming the ONNX graph. On the CPU the cache keeps the file's fp32 weights
+  (12 GB for SD3.5-Medium) and converts them at every open, so it does not make ``low`` cheap (measured: 19.8 s
+  per image against 11.2 s under ``fast``). Off by default: it writes files and is the caller's folder to trust.
 
 Other options (meant for other backends in a mixed pipeline, or the memory policy's ``low_memory``, which
 needs nothing here: a released component's compiled model is freed) are ignored. OpenVINO itself refuses an
@@ -82,8 +84,7 @@ class OpenVinoSession(Session):
         self.compiled = compiled
         # a tensor may carry several names (fp16 exports add a Cast's): match the manifest's among them
         ports = {}
-        for kind, declared, wanted in (("inputs", compiled.inputs, spec.input_names),
-                                       ("outputs", compiled.outputs, spec.output_names)):
+        for declared, wanted in ((compiled.inputs, spec.input_names), (compiled.outputs, spec.output_names)):
             found = {n: p for n in wanted for p in declared if n in p.get_names()}
             if len(found) != len(wanted) or len(declared) != len(wanted):
                 names = {k: [p.get_any_name() for p in v] for k, v in (("inputs", compiled.inputs),
