@@ -7,6 +7,9 @@ variants tried on the way), medians over repeats, one process, the same thread c
 
 Variants (each an ONNX file exported by the same ``OnnxExporter`` that writes bundles, plus one change):
   base          fp32 and int8 (dynamic, per-channel) as bundles get them
+  s8            int8 with signed weights (--int8-weights s8: ONNX Runtime's VNNI/AMX kernels)
+  openvino      the fp32 file (and with s8, the s8 file) on OpenVINO as runtimes/openvino.py opens it, in its
+                default precision (bf16 on AMX)
   mha           + ONNX Runtime's transformer optimizer (model_type "mmdit"): attention fused into the contrib
                 MultiHeadAttention op, RMS norms into SimplifiedLayerNormalization, before quantizing
   float-attn    int8 with the attention projections (q/k/v/out) left float: only the MLPs and adaLN int8
@@ -33,7 +36,7 @@ import numpy as np
 from benchmarks.block import HIDDEN, HEADS, TEXT_TOKENS, block_module, block_spec, flops
 
 RESULTS = Path(__file__).parent / "results"
-ALL_VARIANTS = ("base", "s8", "mha", "float-attn", "threads", "opset23")
+ALL_VARIANTS = ("base", "s8", "openvino", "mha", "float-attn", "threads", "opset23")
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:
@@ -121,17 +124,33 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
     rows["torch eager fp32"] = {"median_s": t, "times_s": ts}
     print(f"torch eager fp32: {t:.3f}s", flush=True)
 
-    def measure(label, path, inter=1, intra=threads, note=""):
-        sess = ort_session(path, intra, inter)
-        out = sess.run(spec.output_names, feeds)
-        t, ts = median_time(lambda: sess.run(spec.output_names, feeds), repeats)
+    def measure(label, path, inter=1, intra=threads, note="", run=None):
+        """Time ``run`` (default: an ONNX Runtime session on ``path``) and compare its outputs with eager fp32."""
+        if run is None:
+            sess = ort_session(path, intra, inter)
+            run = lambda: sess.run(spec.output_names, feeds)  # noqa: E731
+        out = run()
+        t, ts = median_time(run, repeats)
         size = sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name))
         rows[label] = {"median_s": t, "times_s": ts, "psnr_db": psnr(ref, out), "file_mb": size / 2**20,
                        "speedup_vs_eager": rows["torch eager fp32"]["median_s"] / t, "note": note}
         print(f"{label}: {t:.3f}s  x{rows[label]['speedup_vs_eager']:.2f}  {rows[label]['psnr_db']:.1f} dB  "
               f"{size / 2**20:.0f} MB", flush=True)
-        del sess
+        del run
         gc.collect()
+
+    def openvino(label, path, note):
+        """``path`` on OpenVINO in its default precision (bf16 on AMX), as ``runtimes/openvino.py`` opens it."""
+        import openvino as ov
+
+        from flash_edge.runtimes.openvino import describe
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                              "INFERENCE_NUM_THREADS": threads})
+        request = compiled.create_infer_request()
+        ports = [compiled.output(n) for n in spec.output_names]
+        measure(f"{label} ({describe()['inference_precision']})", path, note=note,
+                run=lambda: [request.infer(feeds)[q].copy() for q in ports])
 
     def attempt(label, fn):
         """A variant that fails is a result too: record the error and go on with the others."""
@@ -145,6 +164,8 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
         tmp = Path(tmp)
         f32 = export(module, spec, tmp / "fp32", "fp32")
         measure("ort fp32", f32, note="bundle pipeline: dynamo export, ORT basic offline + all online")
+        if "openvino" in variants:
+            attempt("openvino fp32 file", lambda: openvino("openvino fp32 file", f32, "the fp32 bundle's file"))
         if "base" in variants or "threads" in variants:
             i8 = export(module, spec, tmp / "int8", "int8")
             if "base" in variants:
@@ -156,6 +177,9 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
         if "s8" in variants:  # u8 x s8 kernels: the fast path on VNNI CPUs, saturating on AVX2-only ones
             s8 = export(module, spec, tmp / "s8", "int8", int8_weights="s8")
             measure("ort int8, s8 weights", s8, note="--int8-weights s8 (VNNI kernels where the CPU has them)")
+            if "openvino" in variants:
+                attempt("openvino s8 file", lambda: openvino("openvino s8 file", s8,
+                                                             "ONNX Runtime's dynamic-int8 graph, run by OpenVINO"))
             shutil.rmtree(tmp / "s8")
         if "float-attn" in variants:
             def float_attention():
@@ -228,6 +252,14 @@ def write(results: list[dict]) -> None:
     md.write_text(markdown(results, findings))
 
 
+def _openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.get_version()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=1024, help="image tokens: 1024 (512^2) or 4096 (1024^2)")
@@ -247,7 +279,8 @@ def main(argv=None) -> int:
     record.update(command="nice -n 5 .venv/bin/python -m benchmarks.onnx_block " + " ".join(argv or sys.argv[1:]),
                   machine=f"{platform.machine()} {os.cpu_count()} cores, {'/'.join(cpu.flags() or []) or 'no AVX'}",
                   load_avg=os.getloadavg(),
-                  versions={"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+                  versions={"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                            **({"openvino": _openvino_version()} if "openvino" in args.variants else {})},
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), variants=list(args.variants))
     results.append(record)
     write(results)

@@ -1,6 +1,7 @@
-"""One bundle under one memory policy in a fresh process: three generations of the same prompt and seed, each
-one's end-to-end seconds and phases, the whole process's peak RSS (from the OS: ``getrusage``) and a hash of the last
-image (policies that draw the same picture share it). For comparing policies and ONNX Runtime's pre-packing at
+"""One bundle under one memory policy in a fresh process: three generations of the same prompt and seed (or,
+with ``--batch N``, three ``generate_many`` calls of N seeds, timed per image), each one's end-to-end seconds
+and phases, the whole process's peak RSS (from the OS: ``getrusage``) and a hash of the last image (policies
+that draw the same picture share it). For comparing policies and ONNX Runtime's pre-packing at
 real size without flash-bench's full run:
 
     python -m benchmarks.policy_probe BUNDLE low [--prepack 0|1] >> probe.jsonl
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("policy")
     p.add_argument("--prepack", choices=("0", "1"), help="ONNX: the backend's prepack option (default: the policy's)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1, help="images per generate_many call (stage by stage); each run's "
+                   "e2e_s is then the call's seconds divided by this")
     p.add_argument("--backend", default="auto")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend option, as a string (e.g. cache_dir=DIR, inference_precision=f32)")
@@ -42,9 +45,13 @@ def main(argv=None) -> int:
     runs = []
     for _ in range(a.runs):
         t0 = time.perf_counter()
-        image = pipe.generate(PROMPT, seed=0)
-        runs.append({"e2e_s": round(time.perf_counter() - t0, 2), **{k: round(v, 2) for k, v in pipe.timings.items()}})
-    print(json.dumps({"bundle": os.path.basename(os.path.normpath(a.bundle)), "policy": a.policy,
+        if a.batch > 1:  # the same prompt, seeds 0..batch-1; the hash below is seed 0's picture either way
+            image = pipe.generate_many([(PROMPT, seed) for seed in range(a.batch)])[0]
+        else:
+            image = pipe.generate(PROMPT, seed=0)
+        took = (time.perf_counter() - t0) / a.batch
+        runs.append({"e2e_s": round(took, 2), **{k: round(v / a.batch, 2) for k, v in pipe.timings.items()}})
+    print(json.dumps({"bundle": os.path.basename(os.path.normpath(a.bundle)), "policy": a.policy, "batch": a.batch,
                       "backends": sorted(set(pipe.info["backends"].values())), **extra,
                       "load_s": round(load, 2), "runs": runs, "peak_rss_bytes": lifetime_peak_rss(),
                       "image_sha256": hashlib.sha256(image.tobytes()).hexdigest()[:16],

@@ -85,6 +85,7 @@ class Components(Mapping):
         self._openers = dict(openers)
         self._open: dict[str, object] = {}
         self.loads: dict[str, int] = {name: 0 for name in openers}  # how often each was opened
+        self._depth: dict[str, int] = {}  # open stages per component (stages nest)
         if policy == "fast":
             for name in openers:
                 self[name]
@@ -125,8 +126,15 @@ class Components(Mapping):
 
     @contextlib.contextmanager
     def stage(self, names) -> Iterator[None]:
-        """A stage that uses ``names``: on leaving it (even by an error), release those the policy releases."""
+        """A stage that uses ``names``: on leaving it (even by an error), release those the policy releases.
+        Stages nest: a component is released when the outermost stage that names it ends (a batch's denoise
+        stage spans every image's own)."""
+        names = list(names)
+        for n in names:
+            self._depth[n] = self._depth.get(n, 0) + 1
         try:
             yield
         finally:
-            self.release([n for n in names if n in RELEASED_AFTER_STAGE[self.policy]])
+            for n in names:
+                self._depth[n] -= 1
+            self.release([n for n in names if n in RELEASED_AFTER_STAGE[self.policy] and not self._depth[n]])

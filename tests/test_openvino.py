@@ -133,6 +133,7 @@ def test_cache_dir_keeps_compiled_models_and_reads_them_back(onnx_fp32_bundle, t
             PROMPT, seed=SEED)
 
 
+@pytest.mark.slow  # an export of its own
 def test_an_fp16_bundle_whose_outputs_carry_two_names_runs(tmp_path_factory, onnx_image):
     """fp16 exports end in a Cast whose output OpenVINO names both after the cast and as the manifest does; the
     session finds the manifest's name among them. fp16 weights computed in f32 measured 72.3 dB against the fp32

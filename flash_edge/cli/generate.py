@@ -8,6 +8,7 @@ from ..memory import POLICIES
 from .common import Progress, integer_arg, make_parser, quiet_libraries, run
 
 PROG = "flash-generate"
+STAGED_GROUP = 8  # images per stage-by-stage group under low/stream (their latents and pictures stay in memory)
 
 
 def parser():
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     def body():
         from ..batch import contact_sheet, output_paths, read_prompts, seeds_from
         from ..errors import InvalidInput
-        from ..image import check_png_path, save_png
+        from ..image import check_png_path, save_png, to_pil
         from ..tokenization import check_prompt
 
         say = Progress(not args.quiet)
@@ -72,18 +73,34 @@ def main(argv=None) -> int:
         backends = pipe.info["backends"]
         say("backends: " + ", ".join(f"{c} {b}" for c, b in backends.items()))
         rows, single = [], len(prompts) * len(seeds) == 1
+        # under low/stream, a prompt's seeds go stage by stage (each component opened once per group, not per image)
+        group = STAGED_GROUP if pipe.info.get("memory") in ("low", "stream") else 1
+
+        def save(image, prompt, seed, path, timings):
+            save_png(image, path, {"prompt": prompt, "seed": seed, "steps": pipe.spec.sampler.steps,
+                                   "backend": ",".join(sorted(set(backends.values()))),
+                                   "model": pipe.info.get("model", "?"), "source": args.bundle or args.model,
+                                   "software": "flash-edge"})
+            say(f"wrote {path} ({image.width}x{image.height}; {timings})")
+            return image
+
         for prompt, row in zip(prompts, paths):
             rows.append([])
-            for seed, path in zip(seeds, row):
-                image = pipe(prompt, seed=seed, on_step=(lambda i, n: say(f"step {i}/{n}")) if single else None)
-                save_png(image, path, {"prompt": prompt, "seed": seed, "steps": pipe.spec.sampler.steps,
-                                       "backend": ",".join(sorted(set(backends.values()))),
-                                       "model": pipe.info.get("model", "?"), "source": args.bundle or args.model,
-                                       "software": "flash-edge"})
+            pairs = list(zip(seeds, row))
+            for start in range(0, len(pairs), group):
+                part = pairs[start:start + group]
+                if len(part) == 1:
+                    seed, path = part[0]
+                    image = pipe(prompt, seed=seed, on_step=(lambda i, n: say(f"step {i}/{n}")) if single else None)
+                    t = pipe.timings
+                    rows[-1].append(save(image, prompt, seed, path, f"encode {t['encode']:.2f}s, denoise "
+                                                                    f"{t['denoise']:.2f}s, decode {t['decode']:.2f}s"))
+                    continue
+                images = pipe.generate_many([(prompt, seed) for seed, _ in part])
                 t = pipe.timings
-                say(f"wrote {path} ({image.width}x{image.height}; encode {t['encode']:.2f}s, denoise "
-                    f"{t['denoise']:.2f}s, decode {t['decode']:.2f}s)")
-                rows[-1].append(image)
+                each = (f"{len(part)} images stage by stage: encode {t['encode']:.2f}s, denoise {t['denoise']:.2f}s, "
+                        f"decode {t['decode']:.2f}s in all")
+                rows[-1] += [save(to_pil(a), prompt, seed, path, each) for a, (seed, path) in zip(images, part)]
         if args.grid:
             save_png(contact_sheet(rows), args.grid, {"prompts": " | ".join(prompts),
                                                        "seeds": ",".join(map(str, seeds)), "software": "flash-edge"})
