@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 _NP_DTYPES = {"float32": np.float32, "int64": np.int64}
 
 
+def thread_count(threads) -> int:
+    """A backend's ``threads`` option as a positive int; anything else is a one-line ``InvalidInput``."""
+    try:
+        count = int(threads)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"threads must be a positive integer, got {threads!r}") from None
+    if count < 1:
+        raise InvalidInput(f"threads must be a positive integer, got {threads}")
+    return count
+
+
 class Session(ABC):
     """One loaded component."""
 

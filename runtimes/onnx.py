@@ -40,7 +40,7 @@ from pathlib import Path
 from .. import cpu
 from ..bundle import programs
 from ..errors import BackendUnavailable, BundleError, DeviceWarning, InvalidInput
-from .base import Backend, Session
+from .base import Backend, Session, thread_count
 
 SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider",
                "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
@@ -95,13 +95,7 @@ def session_options(threads=None, graph_optimization_level="all", low_memory: bo
     else:  # pack the weights on the intra-op threads: the same packed bytes (tested), in ~60% of the load time
         so.add_session_config_entry(PARALLEL_PREPACK, "1")
     if threads is not None:
-        try:
-            threads = int(threads)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"threads must be a positive integer, got {threads!r}") from None
-        if threads < 1:
-            raise InvalidInput(f"threads must be a positive integer, got {threads}")
-        so.intra_op_num_threads = threads
+        so.intra_op_num_threads = thread_count(threads)
         so.inter_op_num_threads = 1
     level = str(graph_optimization_level).lower()
     if level not in LEVELS:

@@ -35,7 +35,7 @@ import json
 from pathlib import Path
 
 from ..errors import BundleError, InvalidInput
-from .base import Backend, Session
+from .base import Backend, Session, thread_count
 
 PRECISIONS = ("bf16", "f16", "f32")
 
@@ -49,13 +49,7 @@ def compile_options(inference_precision=None, threads=None) -> dict:
                                f"got {inference_precision!r}")
         config["INFERENCE_PRECISION_HINT"] = inference_precision
     if threads is not None:
-        try:
-            threads = int(threads)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"threads must be a positive integer, got {threads!r}") from None
-        if threads < 1:
-            raise InvalidInput(f"threads must be a positive integer, got {threads}")
-        config["INFERENCE_NUM_THREADS"] = threads
+        config["INFERENCE_NUM_THREADS"] = thread_count(threads)
     return config
 
 
