@@ -326,7 +326,8 @@ def bench_cli_summary_header():
     (["--height", "256"], "generates 64x64, not the --height 256"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--warmup", "-1"], "--warmup must be 0 or more"),
-    (["--backend", "torch"] * 2, "give one --backend for every bundle or one per --bundle: got 2 backends for 1 bundles"),
+    (["--backend", "torch"] * 2,
+     "give one --backend for every bundle or one per --bundle: got 2 backends for 1 bundles"),
 ])
 def test_bad_input_is_one_line_exit_2(torch_bundle, tmp_path, capsys, extra, message):
     argv = ["--out", str(tmp_path / "o"), "--quiet"]

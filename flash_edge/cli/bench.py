@@ -82,8 +82,8 @@ def main(argv=None) -> int:
         say = Progress(not args.quiet)
         prompts = _read_prompts(args.prompts) if args.prompts else None
         opts = Options(bundles=args.bundle, repeats=args.repeats, warmup=args.warmup, height=args.height,
-                       width=args.width, backend=tuple(args.backend or ["auto"]), model=args.model, teacher=args.teacher,
-                       diffusers=args.diffusers, memory=args.memory, threads=args.threads,
+                       width=args.width, backend=tuple(args.backend or ["auto"]), model=args.model,
+                       teacher=args.teacher, diffusers=args.diffusers, memory=args.memory, threads=args.threads,
                        memory_policies=tuple(dict.fromkeys(args.memory_policies)),
                        e2e_steps=tuple(sorted(set(args.e2e_steps))),
                        **({"prompts": prompts} if prompts else {}), command=shlex.join([PROG, *argv]))

@@ -31,7 +31,8 @@ def parser():
     p.add_argument("--grid", metavar="FILE.png", help="also write a contact sheet: a row per prompt, a column "
                    "per seed")
     p.add_argument("--threads", type=integer_arg, help="CPU threads for the backends (default: theirs)")
-    p.add_argument("--backend", default="auto", help="auto|torch|onnx|openvino|coreml|executorch (default auto; openvino runs ONNX bundles, by name only)")
+    p.add_argument("--backend", default="auto", help="auto|torch|onnx|openvino|coreml|executorch (default auto; "
+                   "openvino runs ONNX bundles and is used only when named)")
     p.add_argument("--steps", type=integer_arg, help="with --model: sampler steps (default: the model's own, 4 for "
                    "tiny; a teacher's 40 runs too)")
     p.add_argument("--height", type=integer_arg, help="with --model: image height")
