@@ -155,16 +155,21 @@ class FlashPipeline:
         check_prompt(negative_prompt, allow_empty=True)
         check_seed(seed)
         t0 = time.perf_counter()
-        with self.sessions.stage(self.spec.text_encoders):  # both prompts in one stage: encoders loaded once
-            cond = self._encode(prompt)
-            uncond = self._encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None
+        conds, uncond = self._conditions([prompt], negative_prompt)
         t1 = time.perf_counter()
-        latent = self.denoise(cond, seed, uncond, on_step=on_step, latents=latents)
+        latent = self.denoise(conds[prompt], seed, uncond, on_step=on_step, latents=latents)
         t2 = time.perf_counter()
         self.last_latent = latent
         image = self.decode(latent)
         self.timings = {"encode": t1 - t0, "denoise": t2 - t1, "decode": time.perf_counter() - t2}
         return image
+
+    def _conditions(self, prompts, negative_prompt: str):
+        """Every distinct prompt's conditioning and, under CFG, the negative prompt's, in one encode stage (the
+        encoders are opened once)."""
+        with self.sessions.stage(self.spec.text_encoders):
+            conds = {p: self._encode(p) for p in dict.fromkeys(prompts)}
+            return conds, self._encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None
 
     def generate_many(self, requests, negative_prompt: str = "") -> list[np.ndarray]:
         """(prompt, seed) pairs -> their images, stage by stage: every prompt is encoded, then every latent
@@ -177,9 +182,7 @@ class FlashPipeline:
             raise InvalidInput("generate_many needs at least one (prompt, seed) pair")
         check_prompt(negative_prompt, allow_empty=True)
         t0 = time.perf_counter()
-        with self.sessions.stage(self.spec.text_encoders):
-            conds = {p: self._encode(p) for p, _ in requests}
-            uncond = self._encode(negative_prompt) if self.spec.sampler.guidance_scale > 1 else None
+        conds, uncond = self._conditions([p for p, _ in requests], negative_prompt)
         t1 = time.perf_counter()
         with self.sessions.stage(["transformer"]):  # the inner stages release nothing: this one spans the list
             latents = [self.denoise(conds[p], s, uncond) for p, s in requests]

@@ -66,7 +66,7 @@ def cache_folder(cache_dir, files: list[Path], config: dict) -> Path:
     version and the compile options, so a changed file or setting never reads a stale compiled model."""
     import openvino as ov
 
-    state = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    state = [[str(f.resolve()), st.st_size, st.st_mtime_ns] for f in files for st in [f.stat()]]
     key = json.dumps([state, ov.get_version(), sorted(config.items())], default=str)
     return Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:24]
 
