@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .sd35m_block import EAGER, harness_arguments, spawn, write_results
 
-# case -> (target, precision, exporter options, note)
+# case -> (target, precision, exporter options, note[, backend[, backend options]]): the backend defaults to the
+# target's own
 CASES = {
     f"{EAGER}:fp32": (EAGER, "fp32", {}, "the baseline"),
     f"{EAGER}:bf16": (EAGER, "bf16", {}, "weights and activations bf16 (oneDNN)"),
@@ -37,6 +38,9 @@ CASES = {
     "executorch:fp32": ("executorch", "fp32", {}, "XNNPACK, what bundles ship"),
     "executorch:int8:static": ("executorch", "int8", {"recipe": "int8-static"}, "PT2E static, calibrated"),
     "executorch:int8:dynamic": ("executorch", "int8", {"recipe": "int8-dynamic"}, "PT2E dynamic"),
+    "openvino:fp32": ("onnx", "fp32", {}, "the onnx:fp32 file on OpenVINO, its default precision", "openvino"),
+    "openvino:fp32:f32": ("onnx", "fp32", {}, "the onnx:fp32 file on OpenVINO computing in f32", "openvino",
+                          {"inference_precision": "f32"}),
 }
 FLOOR_DB = 40.0  # issue 16: keep the fastest decoder that holds this
 
@@ -68,7 +72,7 @@ def run_case(case: str, size: int, repeats: int) -> dict:
     from flash_edge.bench.measure import PeakRSS, lifetime_peak_rss, time_runs
     from flash_edge.metrics import psnr
 
-    target, precision, options, note = CASES[case]
+    target, precision, options, note, *run_with = CASES[case]
     spec = vae_spec(size)
     feeds = spec.dummy_inputs(seed=0)
     rec = {"case": case, "target": target, "precision": precision, "options": options, "note": note,
@@ -97,11 +101,13 @@ def run_case(case: str, size: int, repeats: int) -> dict:
         rec["bytes"] = sum((tmp / f).stat().st_size for f in artifact.files)
         rec["artifact_precision"] = artifact.precision
         del module
-        backend = backend_class(exporter.backend)
+        name, backend_options = (run_with + [exporter.backend, {}][len(run_with):])[:2]
         with PeakRSS() as load:
-            session = backend().open(tmp, "vae_decoder", artifact.entry(target, spec))
+            session = backend_class(name)(**backend_options).open(tmp, "vae_decoder", artifact.entry(target, spec))
         rec["phases"]["open"] = load.record()
-        rec["backend"] = exporter.backend
+        rec["backend"] = name
+        if getattr(session, "inference_precision", None):  # OpenVINO: what the plugin computes in
+            rec["backend"] = f"{name} ({session.inference_precision})"
 
         def run():
             return np.asarray(session.run(feeds)["image"])

@@ -200,16 +200,17 @@ class Exporter(ABC):
         were exported), e.g. the execution providers an fp16 ONNX bundle is meant for."""
         return {}
 
-    def candidate_pipeline(self, bundle_dir: Path):
+    def candidate_pipeline(self, bundle_dir: Path, backends: dict | None = None, options: dict | None = None):
         """The pipeline the parity gate compares with the reference: by default the bundle run through this
         target's own backend, under the ``low`` memory policy, so the gate holds the reference plus one stage
         (beside the PyTorch reference, SD3.5-Medium at 1024^2 under ``fast`` passed 24 GB and was killed).
-        Every policy draws ``fast``'s image (tested), so the gate checks what ``fast`` runs. Targets whose
-        runtime cannot run here may override it."""
+        Every policy draws ``fast``'s image (tested), so the gate checks what ``fast`` runs. ``backends`` and
+        ``options``: the other targets' backends and gate options in a mixed bundle. Targets whose runtime cannot
+        run here may override it."""
         from ..pipeline import FlashPipeline
 
-        return FlashPipeline.from_bundle(bundle_dir, backend=self.backend, verify=False, memory="low",
-                                         **self.candidate_options())
+        return FlashPipeline.from_bundle(bundle_dir, backend=self.backend, backends=backends, verify=False,
+                                         memory="low", **{**(options or {}), **self.candidate_options()})
 
     def candidate_options(self) -> dict:
         """Backend options for the gate's candidate (the ONNX target keeps pre-packing under ``low``)."""

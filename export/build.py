@@ -12,6 +12,7 @@ from ..errors import ExportError
 from ..quiet import quiet
 from ..sampler import check_steps
 from ..versions import package_versions, python_version
+from .mixed import component_exporters, distinct, other_exporters, parse_component_targets
 from .parity import run_gate
 
 Progress = Callable[[str], None]
@@ -35,10 +36,13 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
                   height: int | None = None, width: int | None = None, steps: int | None = None, rule: str = "euler",
                   sigmas=None, t5: bool = False, t5_tokens: int | None = None, force: bool = False,
                   skip_parity: bool = False, progress: Progress | None = None, config=None,
-                  decode_tile: int | None = None, decode_overlap: int | None = None, **target_options) -> Path:
+                  decode_tile: int | None = None, decode_overlap: int | None = None,
+                  component_targets: dict[str, str] | None = None, **target_options) -> Path:
     """Export ``source`` (``"tiny"``, a diffusers folder or a single-file ``.safetensors`` checkpoint, whose
     diffusers config folder is ``config``) to a ``target`` bundle at ``out``. ``decode_tile``/``decode_overlap``
-    (pixels): export the VAE decoder at a tile's shape and decode in overlapping tiles (``flash_edge.tiling``)."""
+    (pixels): export the VAE decoder at a tile's shape and decode in overlapping tiles (``flash_edge.tiling``).
+    ``component_targets``: components exported for another target, ``{"vae_decoder": "onnx:fp32"}``
+    (``mixed.py``)."""
     from ..components import build_wrappers
     from ..models import load_model
     from ..models.loading import source_paths
@@ -48,6 +52,7 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
 
     say = progress or (lambda msg: None)
     exporter = get_exporter(target, precision, **target_options)  # bad target/precision fail before any work
+    others = other_exporters(exporter, parse_component_targets(component_targets))
     if steps is not None:
         check_steps(steps)  # a bundle is a few-step sampler (1..MAX_STEPS); fail before loading anything
     out = check_output_path(out, force)
@@ -60,21 +65,25 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
         check_steps(spec.sampler.steps)  # explicit --sigmas, or the model's own default
         warnings = warn_out_of_range(model, spec)  # kept in the manifest too: an app sees what it was given
         specs = spec.component_specs()
+        exporters = component_exporters(exporter, others, spec.components)
         wrappers = build_wrappers(model, spec.components)
         _write_tokenizers(model, spec, tmp)
         entries = {}
-        for i, name in enumerate(spec.components, 1):
-            say(f"[{i}/{len(specs)}] {name}: exporting to {target} {exporter.precision}")
+        for i, (name, own) in enumerate(exporters.items(), 1):
+            say(f"[{i}/{len(specs)}] {name}: exporting to {own.target} {own.precision}")
             with quiet(native=True):  # the exporters' own logs and warnings (FLASH_EDGE_LIBRARY_LOGS=1 shows them)
-                artifact = exporter.export_component(name, wrappers[name], specs[name], tmp)
-            entries[name] = artifact.entry(target, specs[name])
+                artifact = own.export_component(name, wrappers[name], specs[name], tmp)
+            entries[name] = artifact.entry(own.target, specs[name])
+        used = distinct(exporter, exporters)
         provenance = {
             "model": {"name": model.name, "source": str(model.path),
                       "transformer": dict(model.transformer.config),
                       "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in model.modules().items()}},
             "target": target, "precision": exporter.precision,
+            **({"component_targets": {n: {"target": e.target, "precision": e.precision} for n, e in others.items()}}
+               if others else {}),
             "tools": {**package_versions(["torch", "diffusers", "transformers", "numpy", "tokenizers"]),
-                      **package_versions(exporter.packages), "python": python_version()},
+                      **package_versions([p for e in used for p in e.packages]), "python": python_version()},
         }
         write_manifest(tmp, spec, entries, hash_files=False, **provenance)
         if skip_parity:
@@ -85,17 +94,19 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
             say("parity gate: comparing with the PyTorch reference")
             reference = FlashPipeline.reference(model, spec, wrappers)
             with quiet(native=True):
-                parity = run_gate(exporter, reference, tmp, specs)
+                parity = run_gate(exporter, reference, tmp, specs, exporters)
             if spec.decode.tiled:
                 parity["decode_tiling"] = tiling_error(model, spec, reference, wrappers, reference.last_latent)
             if parity["status"] == "not run":
                 warnings.append(f"parity gate not run here: {parity['reason']}")
-        if exporter.extra_phase():
-            say(exporter.extra_phase())
-        with quiet(native=True):
-            extra = exporter.manifest_extra()
+        extras = {}
+        for own in used:
+            if own.extra_phase():
+                say(own.extra_phase())
+            with quiet(native=True):
+                extras[own.target] = own.manifest_extra()
         say("writing manifest (hashing files)")
-        write_manifest(tmp, spec, entries, **provenance, **({target: extra} if extra else {}), parity=parity,
+        write_manifest(tmp, spec, entries, **provenance, **{t: x for t, x in extras.items() if x}, parity=parity,
                        warnings=warnings)
     say(f"wrote {out}")
     return out

@@ -172,8 +172,8 @@ class CoreMLExporter(Exporter):
                       for c, t in spec.tokenizers.items()}
         return FlashPipeline(spec, sessions, tokenizers, info={"backends": {c: label for c in spec.components}})
 
-    def candidate_pipeline(self, bundle_dir: Path):
-        if platform.system() == "Darwin":
+    def candidate_pipeline(self, bundle_dir: Path, backends: dict | None = None, options: dict | None = None):
+        if platform.system() == "Darwin":  # never mixed (export/mixed.py): backends and options stay empty
             return super().candidate_pipeline(bundle_dir)
         import coremltools as ct
 

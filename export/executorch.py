@@ -228,11 +228,11 @@ class ExecuTorchExporter(Exporter):
                              "runtime backend named here plus kernels for kernels_needed (the ops the delegate "
                              "left to the portable/optimized CPU kernels)."}
 
-    def candidate_pipeline(self, bundle_dir: Path):
+    def candidate_pipeline(self, bundle_dir: Path, backends: dict | None = None, options: dict | None = None):
         from executorch.runtime import Runtime
 
         backend = DELEGATES[self.delegate][1]
         if not Runtime.get().backend_registry.is_available(backend):
             raise BackendUnavailable(f"this executorch runtime has no {backend}: the {self.delegate} programs "
                                      f"cannot run on this machine")
-        return super().candidate_pipeline(bundle_dir)
+        return super().candidate_pipeline(bundle_dir, backends, options)

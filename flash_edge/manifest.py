@@ -377,7 +377,7 @@ def validate(manifest: dict) -> GenerationSpec:
     problem = config_problem(model.get("transformer", {}), "model.transformer.")  # flash-bench counts FLOPs from it
     if problem:
         raise BundleError(f"manifest key {problem}")
-    for name in ("parity", "tools"):
+    for name in ("parity", "tools", "component_targets"):
         if name in manifest:
             obj(manifest[name], name)
     if "warnings" in manifest and not all(isinstance(w, str) for w in array(manifest["warnings"], "warnings",

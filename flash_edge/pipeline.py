@@ -53,6 +53,10 @@ class FlashPipeline:
         check_policy(memory)
         bundle = Bundle.open(path, verify=verify)
         spec, entries = bundle.spec, bundle.components
+        stray = sorted(set(backends or {}) - set(spec.components))
+        if stray:
+            raise InvalidInput(f"backends names {', '.join(stray)}, which bundle {path} does not have (it has "
+                               f"{', '.join(spec.components)})")
         options = {**options, **backend_options(memory)}
         openers, chosen = {}, {}
         for name in spec.components:

@@ -20,7 +20,7 @@ REGISTRY = {
     "openvino": "flash_edge.runtimes.openvino:OpenVinoBackend",  # ONNX artifacts on Intel CPUs; by name only
 }
 
-__all__ = ["Backend", "Session", "Device", "REGISTRY", "backend_class", "choose_backend", "detect"]
+__all__ = ["Backend", "Session", "Device", "REGISTRY", "backend_class", "choose_backend", "detect", "parse_choice"]
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -28,6 +28,26 @@ def backend_class(name: str) -> type[Backend]:
         raise InvalidInput(f"unknown backend {name!r}; choose one of: auto, {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def parse_choice(text: str) -> dict:
+    """A command line's backend choice as ``FlashPipeline.from_bundle`` keywords: ``NAME`` (every component),
+    ``COMPONENT=NAME,...`` (those components; the others ``auto``) or ``NAME,COMPONENT=NAME,...`` (a default
+    and exceptions), e.g. ``executorch,vae_decoder=openvino``. Names are checked when the bundle is opened."""
+    from ..spec import COMPONENTS
+
+    default, per = "auto", {}
+    for part in (p.strip() for p in text.split(",")):
+        name, eq, chosen = part.partition("=")
+        if not eq and part and default == "auto" and not per:
+            default = part
+        elif eq and name in COMPONENTS and chosen and name not in per:
+            per[name] = chosen
+        else:
+            raise InvalidInput(f"bad backend choice {text!r} at {part!r}: give a backend (auto, "
+                               f"{', '.join(REGISTRY)}), COMPONENT=BACKEND pairs, or both, comma-separated "
+                               f"(components: {', '.join(COMPONENTS)}; each once, the default first)")
+    return {"backend": default, **({"backends": per} if per else {})}
 
 
 def choose_backend(target: str, requested: str = "auto", device: Device | None = None) -> type[Backend]:

@@ -25,12 +25,13 @@ from ..export.parity import GATE_PROMPT as PROBE_PROMPT, GATE_SEED as PROBE_SEED
 def probe(bundle: str, backend: str = "auto", memory: str = "fast", threads: int | None = None) -> dict:
     t_import = time.perf_counter()
     from ..pipeline import FlashPipeline
+    from ..runtimes import parse_choice
     from .measure import PeakRSS, current_rss, lifetime_peak_rss
 
     import_s = time.perf_counter() - t_import
     start = current_rss()
     with PeakRSS() as load:
-        pipe = FlashPipeline.from_bundle(bundle, backend=backend, verify=False, memory=memory,
+        pipe = FlashPipeline.from_bundle(bundle, **parse_choice(backend), verify=False, memory=memory,
                                          **({"threads": threads} if threads else {}))
     spec = pipe.spec
     with PeakRSS() as enc:

@@ -20,6 +20,7 @@ from typing import Callable
 from ..bundle import Bundle
 from ..errors import BackendUnavailable, FlashError, InvalidInput
 from ..pipeline import FlashPipeline
+from ..runtimes import parse_choice
 from . import baselines, flops, latency, measure, probe, quality, size
 
 SCHEMA = "flash-bench/1"
@@ -114,13 +115,17 @@ def _reference(bundle: Bundle, source: str, opts: Options, gemm: dict, say: Say)
 
 
 def _bundle_backends(opts: Options) -> list[str]:
-    """The backend each bundle runs on: ``opts.backend`` for all, or one per bundle."""
-    if isinstance(opts.backend, str) or len(opts.backend) == 1:
-        return [opts.backend if isinstance(opts.backend, str) else opts.backend[0]] * len(opts.bundles)
-    if len(opts.backend) != len(opts.bundles):
+    """The backend choice each bundle runs on (``opts.backend`` for all, or one per bundle), each one's syntax
+    checked before any work (``runtimes.parse_choice``: a name, or per-component pairs)."""
+    chosen = (opts.backend,) if isinstance(opts.backend, str) else tuple(opts.backend)
+    if len(chosen) == 1:
+        chosen = chosen * len(opts.bundles)
+    if len(chosen) != len(opts.bundles):
         raise InvalidInput(f"give one --backend for every bundle or one per --bundle: got {len(opts.backend)} "
                            f"backends for {len(opts.bundles)} bundles")
-    return list(opts.backend)
+    for text in chosen:
+        parse_choice(text)
+    return list(chosen)
 
 
 def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, first: dict | None, opts: Options,
@@ -129,7 +134,7 @@ def _bundle_row(bundle: Bundle, verify_s: float, key, label: str, policy: str, f
     several = len(opts.memory_policies) > 1
     say(f"bundle {label}" + (f", memory policy {policy}" if several else ""))
     pipe, load = latency.time_call(
-        lambda: FlashPipeline.from_bundle(bundle.path, backend=backend, verify=False, memory=policy,
+        lambda: FlashPipeline.from_bundle(bundle.path, **parse_choice(backend), verify=False, memory=policy,
                                           **({"threads": opts.threads} if opts.threads else {})))
     row = {"label": f"{label} [{policy}]" if several else label, "path": str(bundle.path),
            "model": bundle.manifest.get("model", {}).get("name"),

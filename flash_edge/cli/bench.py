@@ -27,8 +27,9 @@ def parser():
                    "2 for real-size ONNX bundles, whose sessions settle after two runs)")
     p.add_argument("--height", type=integer_arg, help="expected image height: every bundle must have it")
     p.add_argument("--width", type=integer_arg, help="expected image width: every bundle must have it")
-    p.add_argument("--backend", action="append", help="backend for every bundle: auto (default) or a registered "
-                   "one; repeat it once per --bundle, in order, to run each bundle on its own")
+    p.add_argument("--backend", action="append", help="backend for every bundle: auto (default), a registered "
+                   "one, or per component (executorch,vae_decoder=openvino); repeat it once per --bundle, in order, "
+                   "to run each bundle on its own")
     p.add_argument("--model", help="the bundles' source model ('tiny' or a diffusers folder), when the path in "
                    "their manifest is not on this machine")
     p.add_argument("--prompts", help="a text file with the quality prompts, one per line (default: 8 built in, in "

@@ -43,6 +43,10 @@ def parser():
     p.add_argument("--t5-tokens", type=integer_arg, default=None,
                    help="T5 token slots in the text sequence (default: the model's flash_edge.json, else 256 as "
                    "diffusers; 0 drops them: 77 tokens)")
+    p.add_argument("--component-target", action="append", metavar="COMPONENT=TARGET[:PRECISION]",
+                   help="export one component for another target, at that target's defaults (repeatable), e.g. "
+                   "vae_decoder=onnx:fp32 beside an executorch int8 transformer; the runtime picks a backend per "
+                   "component")
     p.add_argument("--skip-parity", action="store_true", help="write the bundle even if it fails the parity gate "
                    "(marked loudly in the manifest)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
 
         export_bundle(args.model, args.target, args.out, args.precision, config=args.config,
                       height=args.height, width=args.width, decode_tile=args.decode_tile,
-                      decode_overlap=args.decode_overlap,
+                      decode_overlap=args.decode_overlap, component_targets=args.component_target,
                       steps=args.steps, rule=args.rule, sigmas=args.sigmas, t5=args.t5, t5_tokens=args.t5_tokens,
                       force=args.force, skip_parity=args.skip_parity, progress=Progress(not args.quiet),
                       **target_options(args, args.target))

@@ -32,7 +32,8 @@ def parser():
                    "per seed")
     p.add_argument("--threads", type=integer_arg, help="CPU threads for the backends (default: theirs)")
     p.add_argument("--backend", default="auto", help="auto|torch|onnx|openvino|coreml|executorch (default auto; "
-                   "openvino runs ONNX bundles and is used only when named)")
+                   "openvino runs ONNX artifacts and is used only when named), or per component: "
+                   "COMPONENT=BACKEND pairs after an optional default, e.g. executorch,vae_decoder=openvino")
     p.add_argument("--steps", type=integer_arg, help="with --model: sampler steps (default: the model's own, 4 for "
                    "tiny; a teacher's 40 runs too)")
     p.add_argument("--height", type=integer_arg, help="with --model: image height")
@@ -121,8 +122,10 @@ def load(args, say):
     threads = {"threads": args.threads} if args.threads else {}
     if args.bundle:
         say(f"loading bundle {args.bundle}")
-        pipe = FlashPipeline.from_bundle(args.bundle, backend=args.backend, verify=not args.no_verify,
-                                         memory=args.memory, **threads)
+        from ..runtimes import parse_choice
+
+        pipe = FlashPipeline.from_bundle(args.bundle, verify=not args.no_verify, memory=args.memory,
+                                         **parse_choice(args.backend), **threads)
     else:
         if args.backend not in ("auto", "torch"):
             raise InvalidInput("--model runs the PyTorch reference; export a bundle to use another backend")
