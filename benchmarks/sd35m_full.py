@@ -5,6 +5,7 @@ memory and tens of minutes per bundle on a 2-core CPU.
 
   nice -n 10 .venv/bin/python -m benchmarks.sd35m_full --work /data/sd35m [--targets onnx executorch]
       [--precisions int8 fp32] [--repeats 2] [--memory fast low] [--out benchmarks/results/sd35m-full]
+      [--component-target vae_decoder=onnx:fp32] [--backend executorch,vae_decoder=openvino auto]
 
 1. builds the model folder (``--work``/model, ~12.5 GB fp32 on disk), one part at a time to bound memory;
 2. exports one bundle per (target, precision) whose backend runs here, at 512^2 with 4 steps
@@ -117,6 +118,12 @@ def main(argv=None) -> int:
                    help="ONNX: flash-export --external-data always (mapped weights; 'low' then keeps pre-packing)")
     p.add_argument("--int8-weights", choices=("u8", "s8"),
                    help="ONNX int8: flash-export --int8-weights (s8: for CPUs with VNNI; named in the bundle's folder)")
+    p.add_argument("--component-target", action="append", metavar="COMPONENT=TARGET[:PRECISION]",
+                   help="flash-export --component-target (a mixed bundle, named in its folder), e.g. "
+                   "vae_decoder=onnx:fp32")
+    p.add_argument("--backend", nargs="+", default=["auto"], metavar="CHOICE",
+                   help="flash-bench --backend choices: each bundle is measured under each, e.g. "
+                   "executorch,vae_decoder=openvino auto (default auto)")
     args = p.parse_args(argv)
     from flash_edge.cli.bench import main as bench
     from flash_edge.cli.common import quiet_libraries
@@ -146,13 +153,14 @@ def main(argv=None) -> int:
             tile = args.decode_tile
             out = work / (f"sd35m-{target}-{precision}-{args.size}" + (f"-tile{tile}" if tile else "")
                           + (f"-{args.int8_weights}" if "int8_weights" in options else "")
-                          + ("-ext" if "external_data" in options else ""))
+                          + ("-ext" if "external_data" in options else "")
+                          + "".join(f"-{c.replace('=', '-').replace(':', '-')}" for c in args.component_target or ()))
             if not (out / "manifest.json").is_file():
                 say(f"exporting {out.name}")
                 try:
                     export_bundle(model, target, out, precision, height=args.size, width=args.size, steps=4,
                                   decode_tile=tile, decode_overlap=tile // 3 // 8 * 8 if tile else None, progress=say,
-                                  **options)
+                                  component_targets=args.component_target, **options)
                 except FlashError as e:
                     say(f"  {out.name} not benchmarked: {e}")
                     continue
@@ -160,7 +168,7 @@ def main(argv=None) -> int:
     if not bundles:
         say("no bundle could be exported here")
         return 2
-    argv = [a for b in bundles for a in ("--bundle", str(b))]
+    argv = [a for b in bundles for choice in args.backend for a in ("--bundle", str(b), "--backend", choice)]
     return bench([*argv, "--out", args.out, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
                   "--model", str(model),
                   "--teacher", "estimate", "--memory", *args.memory, "--e2e-steps", *args.e2e_steps, *(["--prompts", args.prompts] if args.prompts else []),

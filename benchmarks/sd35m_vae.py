@@ -7,7 +7,8 @@ its image stays >= 40 dB PSNR from fp32 (issue 16: the decode is a third of a re
 Cases (``target:precision[:variant]``): PyTorch eager fp32 and bf16 (the baseline, and what a bf16 CPU path
 gives); ONNX Runtime fp32, fp16, int8 dynamic (ConvInteger/MatMulInteger) and int8 static QDQ (calibrated on
 seeded latents), each the exporter's own ``--quantize-vae``; ExecuTorch/XNNPACK fp32, int8 static (PT2E,
-calibrated) and int8 dynamic. Each case runs in a fresh child process (``sd35m_block.spawn``), reached only
+calibrated) and int8 dynamic; the ONNX fp32 file on OpenVINO, in its default precision (bf16 on AVX-512 BF16 and
+AMX CPUs) and in f32. Each case runs in a fresh child process (``sd35m_block.spawn``), reached only
 through the public contracts (``exporter.export_component("vae_decoder", ...)``, ``Backend.open``), with its
 peak RSS from the OS. Random weights: quantization error on trained weights differs, so a PSNR here ranks the
 variants; it does not replace the parity gate of a real bundle. Writes benchmarks/results/sd35m-vae.{json,md}.

@@ -53,5 +53,6 @@ def run_gate(exporter, reference, bundle_dir, specs, exporters: dict | None = No
               "backend": candidate.info.get("backends"), "results": results}
     if failures:
         what = f"{exporter.target} {exporter.precision}" + (" (mixed)" if others else "")
-        raise ParityError(f"{what} export fails the parity gate: " + "; ".join(failures) + " (--skip-parity writes it anyway, marked in the manifest)")
+        raise ParityError(f"{what} export fails the parity gate: " + "; ".join(failures)
+                          + " (--skip-parity writes it anyway, marked in the manifest)")
     return record
