@@ -30,17 +30,18 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch", type=int, default=1, help="images per generate_many call (stage by stage); each run's "
                    "e2e_s is then the call's seconds divided by this")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto", help="a backend, or per component: executorch,vae_decoder=openvino")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend option, as a string (e.g. cache_dir=DIR, inference_precision=f32)")
     a = p.parse_args(argv)
     from flash_edge.bench.measure import lifetime_peak_rss
     from flash_edge.pipeline import FlashPipeline
+    from flash_edge.runtimes import parse_choice
 
     extra = {"prepack": a.prepack == "1"} if a.prepack else {}
     extra.update(o.split("=", 1) for o in a.option)
     t0 = time.perf_counter()
-    pipe = FlashPipeline.from_bundle(a.bundle, backend=a.backend, memory=a.policy, **extra)
+    pipe = FlashPipeline.from_bundle(a.bundle, **parse_choice(a.backend), memory=a.policy, **extra)
     load = time.perf_counter() - t0
     runs = []
     for _ in range(a.runs):

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the shared test helpers beside
 from helpers import assert_one_line_error, run_cli  # noqa: E402
 
 PROMPT = "a red circle above a blue square"
+SLOW = pytest.mark.slow  # the mixed bundle's export includes an ExecuTorch lowering
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def mixed(tmp_path_factory, tiny_dir) -> Path:
     return out
 
 
+@SLOW
 def test_manifest_names_each_components_target_and_both_targets_facts(mixed):
     m = json.loads((mixed / "manifest.json").read_text())
     targets = {name: (e["target"], e["precision"]) for name, e in m["components"].items()}
@@ -49,6 +51,7 @@ def test_manifest_names_each_components_target_and_both_targets_facts(mixed):
     assert "executorch" in m["tools"] and "onnxruntime" in m["tools"]
 
 
+@SLOW
 def test_gate_runs_each_component_on_its_own_backend_against_its_own_floor(mixed):
     parity = json.loads((mixed / "manifest.json").read_text())["parity"]
     assert parity["status"] == "passed"
@@ -62,6 +65,7 @@ def test_gate_runs_each_component_on_its_own_backend_against_its_own_floor(mixed
     assert all(v["psnr_db"] >= v["floor_db"] for v in r.values())
 
 
+@SLOW
 def test_auto_and_named_choices_draw_the_same_image(mixed):
     auto = FlashPipeline.from_bundle(mixed)
     assert auto.info["backends"]["text_encoder"] == "executorch" and auto.info["backends"]["vae_decoder"] == "onnx"
@@ -70,6 +74,7 @@ def test_auto_and_named_choices_draw_the_same_image(mixed):
     np.testing.assert_array_equal(np.asarray(named.generate(PROMPT, seed=0)), image)
 
 
+@SLOW
 def test_one_backend_for_a_mixed_bundle_is_refused_in_one_line(mixed):
     with pytest.raises(InvalidInput, match="backend 'onnx' cannot run executorch artifacts"):
         FlashPipeline.from_bundle(mixed, backend="onnx")
@@ -77,6 +82,7 @@ def test_one_backend_for_a_mixed_bundle_is_refused_in_one_line(mixed):
         FlashPipeline.from_bundle(mixed, backends={"text_encoder_3": "onnx"})
 
 
+@SLOW
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino (flash-edge[openvino])")
 def test_generate_runs_the_decoder_on_openvino(mixed, tmp_path):
     out = tmp_path / "ov.png"
@@ -109,6 +115,7 @@ def test_bad_backend_choices_are_refused(text):
         parse_choice(text)
 
 
+@SLOW
 def test_generate_and_bench_refuse_a_bad_choice_before_any_work(mixed, tmp_path):
     out = tmp_path / "x.png"
     code, err = run_cli(generate_cli.main, "--bundle", mixed, "--prompt", "x", "--out", out,
