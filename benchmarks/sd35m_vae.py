@@ -102,7 +102,8 @@ def run_case(case: str, size: int, repeats: int) -> dict:
         rec["bytes"] = sum((tmp / f).stat().st_size for f in artifact.files)
         rec["artifact_precision"] = artifact.precision
         del module
-        name, backend_options = (run_with + [exporter.backend, {}][len(run_with):])[:2]
+        name = run_with[0] if run_with else exporter.backend
+        backend_options = run_with[1] if len(run_with) > 1 else {}
         with PeakRSS() as load:
             session = backend_class(name)(**backend_options).open(tmp, "vae_decoder", artifact.entry(target, spec))
         rec["phases"]["open"] = load.record()

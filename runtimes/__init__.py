@@ -37,9 +37,9 @@ def parse_choice(text: str) -> dict:
     from ..spec import COMPONENTS
 
     default, per = "auto", {}
-    for part in (p.strip() for p in text.split(",")):
+    for i, part in enumerate(p.strip() for p in text.split(",")):
         name, eq, chosen = part.partition("=")
-        if not eq and part and default == "auto" and not per:
+        if not eq and part and i == 0:  # a bare name only first: the default
             default = part
         elif eq and name in COMPONENTS and chosen and name not in per:
             per[name] = chosen

@@ -109,7 +109,7 @@ def test_backend_choice_syntax(text, expected):
 
 
 @pytest.mark.parametrize("text", ["onnx,executorch", "vae=onnx", "vae_decoder=", "vae_decoder=onnx,vae_decoder=torch",
-                                  "vae_decoder=onnx,onnx", "", "onnx,"])
+                                  "vae_decoder=onnx,onnx", "auto,onnx", "", "onnx,"])
 def test_bad_backend_choices_are_refused(text):
     with pytest.raises(InvalidInput, match="bad backend choice"):
         parse_choice(text)
