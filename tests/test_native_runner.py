@@ -202,11 +202,12 @@ def _python_png(bundle: Path, prompt: str, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", ["fp32-euler-4", "fp32-renoise-4", "fp32-renoise-2", "int8-euler-4",
-                                  "int8-chunked-tiled", "int8-chunked-tiled-streamed"])
+                                  "int8-chunked-tiled", "int8-chunked-tiled-stream", "int8-chunked-tiled-fast"])
 def test_png_equals_flash_generate(runner, case, et_fp32_bundle, et_int8_bundle, et_chunked_tiled_bundle, tmp_path):
     """Bit-exact: the same programs through the same runtime (ExecuTorch's C++ library, here without Python),
     float32 steps in the contract's order, the contract's rounding. Chunked: the transformer in 2 programs; tiled:
-    the decoder at a 32-pixel tile, overlap 8, blended by the README's rule; streamed: each chunk loaded per run."""
+    the decoder at a 32-pixel tile, overlap 8, blended by the README's rule; stream: each chunk loaded per run;
+    fast: every program kept loaded across two runs in one process (the runner checks both drew the same image)."""
     from PIL import Image
 
     bundle = {"fp32-euler-4": et_fp32_bundle, "int8-euler-4": et_int8_bundle}.get(case, et_chunked_tiled_bundle)
@@ -214,14 +215,66 @@ def test_png_equals_flash_generate(runner, case, et_fp32_bundle, et_int8_bundle,
         bundle = _with_rule(et_fp32_bundle, tmp_path / "b", "renoise", int(case[-1]))
     prompt, seed = "a blue square above a yellow triangle", 2**64 - 2
     out, stats = tmp_path / "native.png", tmp_path / "stats.json"
-    extra = ["--stream-chunks"] if case.endswith("streamed") else []
+    extra = {"stream": ["--memory", "stream"], "fast": ["--memory", "fast", "--repeat", "2"]}.get(case.split("-")[-1], [])
     done = _run(runner, "--bundle", bundle, "--prompt", prompt, "--seed", seed, "--out", out, "--stats", stats, *extra)
     assert done.returncode == 0, done.stderr
     native = np.asarray(Image.open(out).convert("RGB"))
     assert np.array_equal(native, _python_png(bundle, prompt, seed)), case
-    stages = json.loads(stats.read_text())["stages"]
-    assert set(stages) == {"encode", "denoise", "decode"} and all(s["peak_rss"] > 0 for s in stages.values())
+    stats = json.loads(stats.read_text())
+    assert set(stats["stages"]) == {"encode", "denoise", "decode"} and all(s["peak_rss"] > 0 for s in stats["stages"].values())
+    assert len(stats["runs"]) == (2 if case.endswith("fast") else 1)
     assert Image.open(out).text["prompt"] == prompt
+
+
+# ------------------------------------------------------------------------------------------- weight cache
+def _cache_names(bundle: Path) -> set[str]:
+    """<sha256 prefix of the .pte>[-<of the .ptd>].xnnpack for every program the manifest lists."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    names = set()
+    for entry in manifest["components"].values():
+        for program in entry["options"].get("chunks") or [{"path": entry["path"],
+                                                            "data_file": entry["options"].get("data_file")}]:
+            name = manifest["files"][program["path"]]["sha256"][:32]
+            if program.get("data_file"):
+                name += "-" + manifest["files"][program["data_file"]]["sha256"][:32]
+            names.add(name + ".xnnpack")
+    return names
+
+
+def test_weight_cache_is_written_once_and_reused_for_the_same_image(runner, et_chunked_tiled_bundle, tmp_path):
+    """XNNPACK's packed weights land in one file per program, named by its sha256 in the manifest; a later
+    process maps them instead of packing (no file changes), under every policy, and draws the same image as the
+    run without a cache; a damaged cache file costs a re-pack, never the image."""
+    from PIL import Image
+
+    cache, prompt, seed = tmp_path / "cache", "a red circle on the left", 7
+    cache.mkdir()
+    plain = tmp_path / "plain.png"
+    assert _run(runner, "--bundle", et_chunked_tiled_bundle, "--prompt", prompt, "--seed", seed, "--out", plain
+                ).returncode == 0
+    want = np.asarray(Image.open(plain).convert("RGB"))
+
+    def draw(name: str, *extra) -> np.ndarray:
+        done = _run(runner, "--bundle", et_chunked_tiled_bundle, "--prompt", prompt, "--seed", seed,
+                    "--out", tmp_path / name, "--weight-cache", cache, *extra)
+        assert done.returncode == 0, done.stderr
+        return np.asarray(Image.open(tmp_path / name).convert("RGB"))
+
+    assert np.array_equal(draw("first.png"), want)
+    files = {f.name: f.stat() for f in cache.iterdir()}
+    assert set(files) == _cache_names(et_chunked_tiled_bundle) and len(files) == 5  # 2 encoders, 2 chunks, decoder
+    assert all(st.st_size > 0 for st in files.values())
+    for policy in ("low", "stream", "fast"):
+        assert np.array_equal(draw(f"{policy}.png", "--memory", policy, "--repeat", "2"), want), policy
+    after = {f.name: f.stat() for f in cache.iterdir()}
+    assert {n: (st.st_size, st.st_mtime_ns) for n, st in after.items()} == \
+        {n: (st.st_size, st.st_mtime_ns) for n, st in files.items()}  # mapped, not packed and written again
+
+    victim = sorted(cache.iterdir(), key=lambda f: f.stat().st_size)[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])  # its index trailer is gone
+    assert np.array_equal(draw("truncated.png"), want)
+    victim.write_bytes(os.urandom(4096))
+    assert np.array_equal(draw("garbage.png"), want)
 
 
 # ------------------------------------------------------------------------------------------- refusals
@@ -283,7 +336,17 @@ def test_a_non_executorch_bundle_and_bad_arguments_are_refused(runner, onnx_fp32
               "--seed must be an integer from 0 to 2^64 - 1"),
              (["--bundle", et_fp32_bundle, "--prompt", "a", "--seed", str(2**64), "--out", tmp_path / "x.png"],
               "--seed must be an integer from 0 to 2^64 - 1"),
-             (["--bundle", et_fp32_bundle, "--prompt", "a", "--out", tmp_path / "x.jpg"], "--out must name a .png")]
+             (["--bundle", et_fp32_bundle, "--prompt", "a", "--out", tmp_path / "x.jpg"], "--out must name a .png"),
+             (["--bundle", et_fp32_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--memory", "lowest"],
+              "unknown memory policy 'lowest': choose fast, low or stream"),
+             (["--bundle", et_fp32_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--repeat", "0"],
+              "--repeat must be from 1 to 100"),
+             (["--bundle", et_fp32_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--weight-cache",
+               tmp_path / "absent"], "does not exist or is not a directory"),
+             (["--bundle", et_fp32_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--weight-cache", tmp_path,
+               "--no-verify"], "the weight cache needs the bundle's hashes verified"),
+             (["--bundle", et_fp32_bundle, "--prompt", "a", "--out", tmp_path / "x.png", "--weight-cache",
+               "/" + "d" * 220], "weight cache directory path is too long")]
     for args, message in cases:
         done = _run(runner, *args)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

@@ -46,6 +46,16 @@ flash_edge_runner* flash_edge_open(const char* bundle_dir, int verify_hashes, ch
   return rc ? nullptr : handle.release();
 }
 
+int flash_edge_set_memory(flash_edge_runner* runner, const char* policy, char* err, size_t err_len) {
+  if (!runner || !policy) return report("runner and policy must not be NULL", err, err_len), 1;
+  return guarded([&] { runner->runner->set_memory(flash_edge::parse_memory(policy)); }, err, err_len);
+}
+
+int flash_edge_set_weight_cache(flash_edge_runner* runner, const char* dir, char* err, size_t err_len) {
+  if (!runner) return report("runner must not be NULL", err, err_len), 1;
+  return guarded([&] { runner->runner->set_weight_cache(dir ? dir : ""); }, err, err_len);
+}
+
 void flash_edge_image_size(const flash_edge_runner* runner, int* height, int* width) {
   if (height) *height = runner ? runner->runner->manifest().height : 0;
   if (width) *width = runner ? runner->runner->manifest().width : 0;

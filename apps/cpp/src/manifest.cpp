@@ -449,6 +449,11 @@ Component check_component(const std::string& name, const json& e, const Manifest
     return p.contains("data_file") && !p["data_file"].is_null() ? program_path(p["data_file"], where + ".data_file")
                                                                  : std::string();
   };
+  auto identify = [&](Program p) {  // sha256 prefixes: 128 bits each, short enough for a cache file name
+    p.content_id = files.table.at(p.path).second.substr(0, 32);
+    if (!p.data_file.empty()) p.content_id += "-" + files.table.at(p.data_file).second.substr(0, 32);
+    return p;
+  };
   if (options.contains("chunks") && !options["chunks"].is_null()) {
     const json& chunks = array(options["chunks"], key + ".options.chunks", 1, 256);
     std::set<std::string> known;
@@ -457,19 +462,19 @@ Component check_component(const std::string& name, const json& e, const Manifest
       const std::string where = key + ".options.chunks[" + std::to_string(i) + "]";
       const json& ch = obj(chunks[i], where);
       Program p{program_path(field(ch, "path", where), where + ".path"), data_file(ch, where),
-                tensors(field(ch, "inputs", where), where + ".inputs"), tensors(field(ch, "outputs", where), where + ".outputs")};
+                tensors(field(ch, "inputs", where), where + ".inputs"), tensors(field(ch, "outputs", where), where + ".outputs"), ""};
       for (const auto& t : p.inputs)
         if (!known.count(t.name))
           throw Error("manifest key " + where + " takes " + t.name +
                       ", which neither the component's inputs nor an earlier chunk provide: the chunk list is broken");
       for (const auto& t : p.outputs) known.insert(t.name);
-      c.programs.push_back(p);
+      c.programs.push_back(identify(p));
     }
     for (const auto& t : c.outputs)
       if (!known.count(t.name)) throw Error("no chunk of " + name + " writes its output " + t.name);
   } else {
-    c.programs.push_back({program_path(field(e, "path", key), key + ".path"), data_file(options, key + ".options"),
-                          c.inputs, c.outputs});
+    c.programs.push_back(identify({program_path(field(e, "path", key), key + ".path"),
+                                   data_file(options, key + ".options"), c.inputs, c.outputs, ""}));
   }
   return c;
 }

@@ -23,6 +23,7 @@ struct Program {  // one .pte: an unchunked component, or one chunk
   std::string path;
   std::string data_file;  // its .ptd (weights past 2 GiB), or empty
   std::vector<TensorInfo> inputs, outputs;
+  std::string content_id;  // the manifest's sha256 of the .pte (and of the .ptd): what its weight cache is keyed by
 };
 
 struct Component {

@@ -1,6 +1,7 @@
 // flash-edge-run: a bundle -> PNG with no Python (ExecuTorch's C++ runtime), and the checks an app port needs.
 //
-//   flash-edge-run --bundle B --prompt P --seed S --out x.png [--no-verify] [--stream-chunks] [--stats F.json]
+//   flash-edge-run --bundle B --prompt P --seed S --out x.png [--no-verify] [--memory fast|low|stream]
+//                  [--weight-cache DIR] [--repeat N] [--stats F.json]
 //   flash-edge-run --bundle B --tokenize < prompts.jsonl     (one JSON string per line -> one JSON object per line)
 //   flash-edge-run --noise SEED STREAM COUNT                 (the float32 bit patterns, in hex, one per line)
 //
@@ -27,7 +28,8 @@ using flash_edge::Error;
 
 const char* const kUsage =
     "usage: flash-edge-run --bundle DIR --prompt TEXT --out FILE.png [--seed S (0..2^64-1)] [--no-verify]\n"
-    "                      [--stream-chunks] [--stats FILE.json]\n"
+    "                      [--memory fast|low|stream (default low)] [--weight-cache DIR] [--repeat N (1..100)]\n"
+    "                      [--stats FILE.json]\n"
     "       flash-edge-run --bundle DIR --tokenize  < one JSON string per line\n"
     "       flash-edge-run --noise SEED STREAM COUNT\n";
 
@@ -43,7 +45,7 @@ uint64_t parse_u64(const std::string& s, const std::string& what) {
 int run(int argc, char** argv) {
   std::map<std::string, std::string> opts;
   std::vector<std::string> noise_args;
-  bool verify = true, stream = false, tokenize = false;
+  bool verify = true, tokenize = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -51,15 +53,14 @@ int run(int argc, char** argv) {
       return 0;
     } else if (a == "--no-verify") {
       verify = false;
-    } else if (a == "--stream-chunks") {
-      stream = true;
     } else if (a == "--tokenize") {
       tokenize = true;
     } else if (a == "--noise") {
       for (int k = 0; k < 3; ++k, ++i)
         if (i + 1 < argc) noise_args.push_back(argv[i + 1]);
       if (noise_args.size() != 3) throw Error("--noise takes SEED STREAM COUNT");
-    } else if ((a == "--bundle" || a == "--prompt" || a == "--seed" || a == "--out" || a == "--stats") && i + 1 < argc) {
+    } else if ((a == "--bundle" || a == "--prompt" || a == "--seed" || a == "--out" || a == "--stats" ||
+                a == "--memory" || a == "--weight-cache" || a == "--repeat") && i + 1 < argc) {
       opts[a] = argv[++i];
     } else {
       throw Error("unknown or incomplete argument '" + a.substr(0, 40) + "' (see --help)");
@@ -85,9 +86,12 @@ int run(int argc, char** argv) {
     if (out.size() < 4 || out.compare(out.size() - 4, 4, ".png") != 0)
       throw Error("--out must name a .png file, got " + out);
   }
+  uint64_t repeat = opts.count("--repeat") ? parse_u64(opts["--repeat"], "--repeat") : 1;
+  if (repeat < 1 || repeat > 100) throw Error("--repeat must be from 1 to 100");
   flash_edge::RunnerOptions options;
   options.verify_hashes = verify;
-  options.stream_chunks = stream;
+  options.memory = flash_edge::parse_memory(opts.count("--memory") ? opts["--memory"] : "low");
+  options.weight_cache_dir = opts.count("--weight-cache") ? opts["--weight-cache"] : "";
   flash_edge::Runner runner(opts["--bundle"], options);
   if (tokenize) {
     for (std::string line; std::getline(std::cin, line);) {
@@ -98,19 +102,31 @@ int run(int argc, char** argv) {
     }
     return 0;
   }
-  flash_edge::Image image = runner.generate(opts["--prompt"], seed);
+  // --repeat: the same generation again in this process (what `fast` keeps loaded, or the weight cache, shows from
+  // the second run on); every run must draw the same image
+  nlohmann::json stats;
+  flash_edge::Image image;
+  for (uint64_t run = 0; run < repeat; ++run) {
+    flash_edge::Image drawn = runner.generate(opts["--prompt"], seed);
+    if (run > 0 && drawn.rgb != image.rgb) throw Error("run " + std::to_string(run + 1) + " drew another image");
+    image = std::move(drawn);
+    nlohmann::json one;
+    double total = 0;
+    for (const char* stage : {"encode", "denoise", "decode"}) {
+      const flash_edge::StageStats& s = runner.stages().at(stage);
+      one["stages"][stage] = {{"seconds", s.seconds}, {"peak_rss", s.peak_rss}};
+      total += s.seconds;
+      std::fprintf(stderr, "%-8s %7.2f s  peak %6.2f GB\n", stage, s.seconds, s.peak_rss / 1e9);
+    }
+    one["seconds"] = total;
+    std::fprintf(stderr, "run %d: %.2f s\n", static_cast<int>(run + 1), total);
+    stats["runs"].push_back(one);
+  }
+  stats["stages"] = stats["runs"].back()["stages"];  // the last run's
+  stats["seconds"] = stats["runs"].back()["seconds"];
   flash_edge::write_png(image, out, {{"prompt", opts["--prompt"]}, {"seed", std::to_string(seed)},
                                      {"software", "flash-edge-run"}});
-  nlohmann::json stats;
-  double total = 0;
-  for (const char* stage : {"encode", "denoise", "decode"}) {
-    const flash_edge::StageStats& s = runner.stages().at(stage);
-    stats["stages"][stage] = {{"seconds", s.seconds}, {"peak_rss", s.peak_rss}};
-    total += s.seconds;
-    std::fprintf(stderr, "%-8s %7.2f s  peak %6.2f GB\n", stage, s.seconds, s.peak_rss / 1e9);
-  }
-  stats["seconds"] = total;
-  std::fprintf(stderr, "wrote %s (%dx%d) in %.2f s\n", out.c_str(), image.width, image.height, total);
+  std::fprintf(stderr, "wrote %s (%dx%d)\n", out.c_str(), image.width, image.height);
   if (opts.count("--stats")) {
     FILE* f = std::fopen(opts["--stats"].c_str(), "w");
     if (!f) throw Error("cannot write " + opts["--stats"]);
