@@ -277,6 +277,36 @@ def test_weight_cache_is_written_once_and_reused_for_the_same_image(runner, et_c
     assert np.array_equal(draw("garbage.png"), want)
 
 
+def test_c_api_draws_the_cli_image_under_every_policy(runner, et_chunked_tiled_bundle, tmp_path):
+    """The C API as a JNI or Swift bridge calls it (tools/c_api_check.c): open, set_memory, set_weight_cache,
+    generate twice into buffers; the bytes are the CLI's PNG's under every policy, with and without the cache;
+    a bad policy or cache folder comes back as the API's one-line message."""
+    from PIL import Image
+
+    check, prompt, seed = runner.parent / "c-api-check", "two green squares", 3
+    png = tmp_path / "cli.png"
+    assert _run(runner, "--bundle", et_chunked_tiled_bundle, "--prompt", prompt, "--seed", seed, "--out", png
+                ).returncode == 0
+    want = np.asarray(Image.open(png).convert("RGB"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def call(policy: str, cache_dir) -> tuple[subprocess.CompletedProcess, Path]:
+        out = tmp_path / f"{policy}.rgb"
+        return subprocess.run([str(check), str(et_chunked_tiled_bundle), prompt, str(seed), policy, str(cache_dir),
+                               "2", str(out)], capture_output=True, text=True), out
+
+    for policy, cache_dir in [("low", "-"), ("stream", cache), ("fast", cache), ("low", cache)]:
+        done, out = call(policy, cache_dir)
+        assert done.returncode == 0, done.stderr
+        assert np.array_equal(np.frombuffer(out.read_bytes(), np.uint8).reshape(want.shape), want), policy
+    assert len(list(cache.iterdir())) == 5
+    for policy, cache_dir, message in [("lowest", "-", "set_memory: unknown memory policy 'lowest'"),
+                                       ("low", tmp_path / "absent", "set_weight_cache: weight cache directory")]:
+        done, _ = call(policy, cache_dir)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
 # ------------------------------------------------------------------------------------------- refusals
 def _corrupt(rel: str):
     def corrupt(b: Path) -> None:
