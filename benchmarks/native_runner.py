@@ -7,7 +7,7 @@ average.
   .venv/bin/python -m benchmarks.native_runner --runner build/native/flash-edge-run \\
       --bundle /data/sd35m/sd35m-executorch-int8-512 [--bundle ...] --prompt-file prompt.txt \\
       [--memory fast low stream] [--cache none cached] [--repeat 3] [--python] \\
-      [--out benchmarks/results/sd35m-full/native-runner.json]
+      [--out benchmarks/results/sd35m-full/native-runner-policies.json]
 
 Per image: the median of the runs after the first (the first pays what a fresh process pays: every program's
 first load and, with ``cached``, the page cache). ``cached`` cases share one cache folder per bundle, written by a
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="generations per process (flash-edge-run --repeat)")
     p.add_argument("--python", action="store_true", help="also the Python ExecuTorch path (flash-generate)")
     p.add_argument("--work", help="folder for the PNGs and the cache (default: the system's temporary folder)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sd35m-full" / "native-runner.json"))
+    p.add_argument("--out",
+                   default=str(Path(__file__).parent / "results" / "sd35m-full" / "native-runner-policies.json"))
     a = p.parse_args(argv)
     prompt = Path(a.prompt_file).read_text(encoding="utf-8").strip()
     results = {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -215,13 +215,15 @@ def test_png_equals_flash_generate(runner, case, et_fp32_bundle, et_int8_bundle,
         bundle = _with_rule(et_fp32_bundle, tmp_path / "b", "renoise", int(case[-1]))
     prompt, seed = "a blue square above a yellow triangle", 2**64 - 2
     out, stats = tmp_path / "native.png", tmp_path / "stats.json"
-    extra = {"stream": ["--memory", "stream"], "fast": ["--memory", "fast", "--repeat", "2"]}.get(case.split("-")[-1], [])
+    policy = {"stream": ["--memory", "stream"], "fast": ["--memory", "fast", "--repeat", "2"]}
+    extra = policy.get(case.split("-")[-1], [])
     done = _run(runner, "--bundle", bundle, "--prompt", prompt, "--seed", seed, "--out", out, "--stats", stats, *extra)
     assert done.returncode == 0, done.stderr
     native = np.asarray(Image.open(out).convert("RGB"))
     assert np.array_equal(native, _python_png(bundle, prompt, seed)), case
     stats = json.loads(stats.read_text())
-    assert set(stats["stages"]) == {"encode", "denoise", "decode"} and all(s["peak_rss"] > 0 for s in stats["stages"].values())
+    assert set(stats["stages"]) == {"encode", "denoise", "decode"}
+    assert all(s["peak_rss"] > 0 for s in stats["stages"].values())
     assert len(stats["runs"]) == (2 if case.endswith("fast") else 1)
     assert Image.open(out).text["prompt"] == prompt
 

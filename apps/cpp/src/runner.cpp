@@ -133,15 +133,25 @@ class SharedArena {
       buffers_.emplace_back(new uint8_t[std::max<size_t>(size, 1)]);  // uninitialised: pages are touched on use
       spans_.emplace_back(buffers_.back().get(), size);
     }
-    allocator_ = std::make_unique<executorch::runtime::HierarchicalAllocator>(
-        executorch::runtime::Span<executorch::runtime::Span<uint8_t>>(spans_.data(), spans_.size()));
   }
-  executorch::runtime::HierarchicalAllocator* allocator() { return allocator_.get(); }
+
+  // The planned memory for one program (its method's buffer sizes), over the shared buffers.
+  std::unique_ptr<executorch::runtime::HierarchicalAllocator> allocator_for(const executorch::runtime::MethodMeta& meta,
+                                                                             const std::string& name) {
+    const size_t count = meta.num_memory_planned_buffers();
+    bool fits = count <= spans_.size();
+    for (size_t b = 0; fits && b < count; ++b) {
+      auto size = meta.memory_planned_buffer_size(b);
+      fits = size.ok() && static_cast<size_t>(size.get()) <= spans_[b].size();
+    }
+    if (!fits) throw Error(name + " needs more activation memory than its chunks' shared buffers were sized for");
+    return std::make_unique<executorch::runtime::HierarchicalAllocator>(
+        executorch::runtime::Span<executorch::runtime::Span<uint8_t>>(spans_.data(), count));
+  }
 
  private:
   std::vector<std::unique_ptr<uint8_t[]>> buffers_;
   std::vector<executorch::runtime::Span<uint8_t>> spans_;
-  std::unique_ptr<executorch::runtime::HierarchicalAllocator> allocator_;
 };
 
 // One loaded .pte program (memory-mapped), run with named inputs from `state`, writing its named outputs. With a
@@ -158,8 +168,15 @@ class Loaded {
                     ? std::make_unique<Module>(bundle_file(bundle, program.path), Module::LoadMode::Mmap)
                     : std::make_unique<Module>(bundle_file(bundle, program.path), bundle_file(bundle, program.data_file),
                                                Module::LoadMode::Mmap)) {
+    if (arena_) {
+      auto meta = module_->method_meta("forward");
+      if (!meta.ok())
+        throw Error("executorch cannot read " + bundle_file(bundle, program.path) + " (error " +
+                    std::to_string(static_cast<int>(meta.error())) + ")");
+      planned_ = arena_->allocator_for(meta.get(), name);
+    }
     executorch::runtime::Error error;
-    executorch::runtime::HierarchicalAllocator* planned = arena_ ? arena_->allocator() : nullptr;
+    executorch::runtime::HierarchicalAllocator* planned = planned_.get();
     if (cache_file.empty()) {
       error = module_->load_method("forward", planned);
     } else {  // the XNNPACK backend's per-program load options (a runtime spec); other backends ignore them
@@ -212,7 +229,8 @@ class Loaded {
  private:
   std::string name_;
   Program program_;
-  std::shared_ptr<SharedArena> arena_;  // outlives module_ (declared before it)
+  std::shared_ptr<SharedArena> arena_;  // these two outlive module_ (declared before it)
+  std::unique_ptr<executorch::runtime::HierarchicalAllocator> planned_;
   std::unique_ptr<Module> module_;
 };
 
@@ -362,7 +380,8 @@ std::vector<float> Runner::denoise(const Conditioning& cond, const Conditioning*
     state["encoder_hidden_states"].f = c.hidden;
     state["pooled_projections"].f = c.pooled;
     for (size_t k = 0; k < transformer.programs.size(); ++k) {
-      (stream ? load(chunk_name(k), transformer.programs[k], arena) : chunks[k])->run(state);  // streamed: released here
+      // streamed: loaded for this run and released right after it
+      (stream ? load(chunk_name(k), transformer.programs[k], arena) : chunks[k])->run(state);
     }
     return std::move(state["velocity"].f);
   };

@@ -39,7 +39,10 @@ int main(int argc, char** argv) {
       status = fail("generate", err);
       goto done;
     }
-    if (previous && memcmp(previous, rgb, bytes) != 0) { status = fail("generate", "runs drew different images"); goto done; }
+    if (previous && memcmp(previous, rgb, bytes) != 0) {
+      status = fail("generate", "runs drew different images");
+      goto done;
+    }
   }
   FILE* out = rgb ? fopen(argv[7], "wb") : NULL;
   if (!out || fwrite(rgb, 1, bytes, out) != bytes) status = fail("write", argv[7]);
