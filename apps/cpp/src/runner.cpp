@@ -1,8 +1,5 @@
 #include "runner.h"
 
-#include <executorch/extension/module/module.h>
-#include <executorch/extension/tensor/tensor.h>
-#include <executorch/runtime/backend/backend_options_map.h>
 #include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/platform/platform.h>
 #include <sys/stat.h>
@@ -20,6 +17,7 @@
 
 #include "error.h"
 #include "noise.h"
+#include "program.h"
 #include "tokenizer.h"
 
 #if defined(__GLIBC__)
@@ -28,17 +26,6 @@
 
 namespace flash_edge {
 namespace {
-
-using executorch::aten::ScalarType;
-using executorch::extension::Module;
-using executorch::runtime::EValue;
-
-// A named tensor's data: float32, or int64 for input_ids.
-struct Data {
-  std::vector<float> f;
-  std::vector<int64_t> i;
-};
-using State = std::map<std::string, Data>;
 
 int64_t peak_rss() {  // VmHWM in bytes
   std::ifstream status("/proc/self/status");
@@ -121,118 +108,6 @@ std::vector<int> tile_starts(int size, int tile, int overlap) {
 }
 
 }  // namespace
-
-// One set of memory-planned buffers (activations) for programs that run one after another, each sized to the
-// largest program's: a transformer's chunks share it instead of holding one each. Safe because a program's
-// activations only matter during its own run: its inputs are copied in when it starts and its outputs copied out
-// (Loaded::run) before the next program runs.
-class SharedArena {
- public:
-  explicit SharedArena(const std::vector<size_t>& sizes) {
-    for (size_t size : sizes) {
-      buffers_.emplace_back(new uint8_t[std::max<size_t>(size, 1)]);  // uninitialised: pages are touched on use
-      spans_.emplace_back(buffers_.back().get(), size);
-    }
-  }
-
-  // The planned memory for one program (its method's buffer sizes), over the shared buffers.
-  std::unique_ptr<executorch::runtime::HierarchicalAllocator> allocator_for(const executorch::runtime::MethodMeta& meta,
-                                                                             const std::string& name) {
-    const size_t count = meta.num_memory_planned_buffers();
-    bool fits = count <= spans_.size();
-    for (size_t b = 0; fits && b < count; ++b) {
-      auto size = meta.memory_planned_buffer_size(b);
-      fits = size.ok() && static_cast<size_t>(size.get()) <= spans_[b].size();
-    }
-    if (!fits) throw Error(name + " needs more activation memory than its chunks' shared buffers were sized for");
-    return std::make_unique<executorch::runtime::HierarchicalAllocator>(
-        executorch::runtime::Span<executorch::runtime::Span<uint8_t>>(spans_.data(), count));
-  }
-
- private:
-  std::vector<std::unique_ptr<uint8_t[]>> buffers_;
-  std::vector<executorch::runtime::Span<uint8_t>> spans_;
-};
-
-// One loaded .pte program (memory-mapped), run with named inputs from `state`, writing its named outputs. With a
-// cache file, XNNPACK's packed weights are read from it (written on the first load) instead of packed again; with
-// an arena, its activations live there.
-class Loaded {
- public:
-  Loaded(const std::string& bundle, const std::string& name, const Program& program, const std::string& cache_file,
-         std::shared_ptr<SharedArena> arena)
-      : name_(name),
-        program_(program),
-        arena_(std::move(arena)),
-        module_(program.data_file.empty()
-                    ? std::make_unique<Module>(bundle_file(bundle, program.path), Module::LoadMode::Mmap)
-                    : std::make_unique<Module>(bundle_file(bundle, program.path), bundle_file(bundle, program.data_file),
-                                               Module::LoadMode::Mmap)) {
-    if (arena_) {
-      auto meta = module_->method_meta("forward");
-      if (!meta.ok())
-        throw Error("executorch cannot read " + bundle_file(bundle, program.path) + " (error " +
-                    std::to_string(static_cast<int>(meta.error())) + ")");
-      planned_ = arena_->allocator_for(meta.get(), name);
-    }
-    executorch::runtime::Error error;
-    executorch::runtime::HierarchicalAllocator* planned = planned_.get();
-    if (cache_file.empty()) {
-      error = module_->load_method("forward", planned);
-    } else {  // the XNNPACK backend's per-program load options (a runtime spec); other backends ignore them
-      executorch::runtime::BackendOptions<2> xnnpack;
-      xnnpack.set_option("weight_cache_enabled", true);
-      xnnpack.set_option("packed_cache_path", cache_file.c_str());
-      executorch::runtime::LoadBackendOptionsMap options;
-      options.set_options("XnnpackBackend", xnnpack.view());
-      error = module_->load_method("forward", planned, nullptr, &options);
-    }
-    if (error != executorch::runtime::Error::Ok)
-      throw Error("executorch cannot load " + bundle_file(bundle, program.path) + " (error " +
-                  std::to_string(static_cast<int>(error)) + ")");
-  }
-
-  void run(State& state) {
-    std::vector<executorch::extension::TensorPtr> tensors;
-    std::vector<EValue> inputs;
-    for (const TensorInfo& t : program_.inputs) {
-      Data& d = state.at(t.name);
-      std::vector<executorch::aten::SizesType> sizes(t.shape.begin(), t.shape.end());
-      tensors.push_back(t.dtype == "int64"
-                            ? executorch::extension::from_blob(d.i.data(), sizes, ScalarType::Long)
-                            : executorch::extension::from_blob(d.f.data(), sizes, ScalarType::Float));
-      inputs.emplace_back(*tensors.back());
-    }
-    auto result = module_->forward(inputs);
-    if (!result.ok())
-      throw Error(name_ + " failed to run (executorch error " + std::to_string(static_cast<int>(result.error())) +
-                  "): the artifact does not match its manifest or is broken");
-    const auto& outputs = result.get();
-    if (outputs.size() != program_.outputs.size())
-      throw Error(name_ + " returned " + std::to_string(outputs.size()) + " outputs, the manifest says " +
-                  std::to_string(program_.outputs.size()));
-    for (size_t k = 0; k < outputs.size(); ++k) {
-      const TensorInfo& want = program_.outputs[k];
-      if (!outputs[k].isTensor()) throw Error(name_ + " returned a non-tensor for " + want.name);
-      const auto& tensor = outputs[k].toTensor();
-      if (tensor.scalar_type() != ScalarType::Float || tensor.numel() != want.numel() ||
-          tensor.dim() != static_cast<ssize_t>(want.shape.size()))
-        throw Error(name_ + " returned " + want.name + " of another shape or type than the manifest says");
-      for (size_t j = 0; j < want.shape.size(); ++j)
-        if (tensor.size(static_cast<ssize_t>(j)) != want.shape[j])
-          throw Error(name_ + " returned " + want.name + " of another shape than the manifest says");
-      const float* p = tensor.const_data_ptr<float>();
-      state[want.name].f.assign(p, p + tensor.numel());
-    }
-  }
-
- private:
-  std::string name_;
-  Program program_;
-  std::shared_ptr<SharedArena> arena_;  // these two outlive module_ (declared before it)
-  std::unique_ptr<executorch::runtime::HierarchicalAllocator> planned_;
-  std::unique_ptr<Module> module_;
-};
 
 struct Runner::Conditioning {
   std::vector<float> hidden, pooled;
@@ -334,22 +209,8 @@ Runner::Conditioning Runner::encode(const std::string& prompt) {
 
 std::shared_ptr<SharedArena> Runner::chunk_arena() {
   if (auto live = chunk_arena_.lock()) return live;  // the resident chunks' (fast)
-  const Component& transformer = manifest_.components.at("transformer");
   if (chunk_arena_sizes_.empty())
-    for (const Program& program : transformer.programs) {
-      Module module(bundle_file(bundle_, program.path), Module::LoadMode::Mmap);
-      auto meta = module.method_meta("forward");
-      if (!meta.ok())
-        throw Error("executorch cannot read " + bundle_file(bundle_, program.path) + " (error " +
-                    std::to_string(static_cast<int>(meta.error())) + ")");
-      const size_t count = meta->num_memory_planned_buffers();
-      if (chunk_arena_sizes_.size() < count) chunk_arena_sizes_.resize(count, 0);
-      for (size_t b = 0; b < count; ++b) {
-        auto size = meta->memory_planned_buffer_size(b);
-        if (!size.ok()) throw Error("executorch cannot size " + bundle_file(bundle_, program.path) + "'s buffers");
-        chunk_arena_sizes_[b] = std::max(chunk_arena_sizes_[b], static_cast<size_t>(size.get()));
-      }
-    }
+    chunk_arena_sizes_ = largest_planned_buffers(bundle_, manifest_.components.at("transformer").programs);
   auto arena = std::make_shared<SharedArena>(chunk_arena_sizes_);
   chunk_arena_ = arena;
   return arena;

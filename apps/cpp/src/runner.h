@@ -9,7 +9,7 @@
 // each, and under `low` and `stream` the C heap's free pages go back to the OS between stages.
 //
 // Weight cache (RunnerOptions::weight_cache_dir): XNNPACK repacks a program's weights into its own layout at every
-// load (4-5 s for a 2.25 GB int8 transformer on a laptop core), which is what makes `low` and `stream` slow. With a
+// load (4-5 s for a 2.25 GB int8 transformer on this project's 2-core CPU), which is what makes `low` and `stream` slow. With a
 // cache directory, ExecuTorch's XNNPACK backend writes the packed weights to one file per program on the first load
 // and maps that file on every later one (in this process or the next), so a load costs a mapping, and the packed
 // weights are clean file-backed pages the OS can drop and re-read instead of anonymous memory. The files are named
