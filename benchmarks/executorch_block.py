@@ -41,7 +41,12 @@ VARIANTS = {
     "et-int8-bmm": ("executorch", "int8-dynamic", "bmm", 2),
     "et-8da4w": ("executorch", "8da4w", "softmax", 2),
     "et-8da4w-bmm": ("executorch", "8da4w", "bmm", 2),
+    "eager-fp32-folded": ("eager", "fp32", None, 2),
+    "et-int8-bmm-folded": ("executorch", "int8-dynamic", "bmm", 2),
 }
+# "-folded": the block as a bundle without T5 runs it (flash_edge.folding): the 256 T5 slots enter as equal tokens
+# and the block sees 77 + 1 of them, the last weighted 256 times; checked against the unfolded block on 333 tokens
+CLIP_TOKENS = 77
 
 
 def etdump_profile(pte: Path, inputs) -> dict:
@@ -74,15 +79,28 @@ def run_variant(name: str, image_tokens: int, repeats: int) -> dict:
     from flash_edge.metrics import psnr
 
     kind, recipe, attention, threads = VARIANTS[name]
+    fold = name.endswith("-folded")
     spec = block_spec(image_tokens)
     feeds = spec.dummy_inputs(seed=0)
-    rec = {"variant": name, "kind": kind, "recipe": recipe, "attention": attention, "threads": threads,
-           "image_tokens": image_tokens, "text_tokens": spec.inputs[1].shape[1], "flops": flops(image_tokens)}
     module = block_module()
     torch.set_num_threads(threads)
+    if fold:  # the T5 slots as they reach a block: all equal
+        feeds["encoder_hidden_states"][:, CLIP_TOKENS:] = feeds["encoder_hidden_states"][:, CLIP_TOKENS:CLIP_TOKENS + 1]
     args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
     with torch.inference_mode():
         reference = [o.numpy().copy() for o in module(*args)]
+    if fold:
+        from flash_edge.folding import FoldedJointAttention
+
+        keep, repeat = CLIP_TOKENS + 1, spec.inputs[1].shape[1] - CLIP_TOKENS
+        module.block.attn.set_processor(FoldedJointAttention(repeat, image_tokens + keep))
+        spec = block_spec(image_tokens, keep)
+        feeds["encoder_hidden_states"] = np.ascontiguousarray(feeds["encoder_hidden_states"][:, :keep])
+        args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
+        reference[1] = reference[1][:, :keep]
+    text_tokens = spec.inputs[1].shape[1]
+    rec = {"variant": name, "kind": kind, "recipe": recipe, "attention": attention, "threads": threads,
+           "image_tokens": image_tokens, "text_tokens": text_tokens, "flops": flops(image_tokens, text_tokens)}
     if kind == "eager":
         def run():
             with torch.inference_mode():
@@ -145,15 +163,15 @@ def spawn(name: str, tokens: int, repeats: int, cap: float) -> dict:
 
 def markdown(records: list[dict], commands: list[str], machine: str, findings: str) -> str:
     base = {r["image_tokens"]: r["seconds"]["median"] for r in records if r.get("variant") == "eager-fp32" and "seconds" in r}
-    rows = ["| variant | image tokens | recipe | attention | threads | median s | vs eager fp32 | x24 (step) | PSNR dB | file MB "
-            "| delegated ops | subgraphs | peak RSS GB |", "|" + "---|" * 13]
+    rows = ["| variant | image tokens | text tokens | recipe | attention | threads | median s | vs eager fp32 | x24 (step) | PSNR dB | file MB "
+            "| delegated ops | subgraphs | peak RSS GB |", "|" + "---|" * 14]
     for r in records:
         if "failed" in r:
-            rows.append(f"| {r['variant']} | {r['image_tokens']} | | | | failed: {r['failed']} |" + " |" * 7)
+            rows.append(f"| {r['variant']} | {r['image_tokens']} | | | | | failed: {r['failed']} |" + " |" * 7)
             continue
         s = r["seconds"]["median"]
         d = r.get("delegation", {})
-        rows.append(f"| {r['variant']} | {r['image_tokens']} | {r['recipe']} | {r['attention'] or '-'} | {r['threads']} | {s:.3f} | "
+        rows.append(f"| {r['variant']} | {r['image_tokens']} | {r.get('text_tokens', 333)} | {r['recipe']} | {r['attention'] or '-'} | {r['threads']} | {s:.3f} | "
                     f"{base.get(r['image_tokens'], float('nan')) / s:.2f}x | {s * BLOCKS_PER_STEP:.1f} | "
                     f"{r['psnr_db']:.1f} | {r.get('bytes', 0) / 1e6:.0f} | "
                     f"{(str(round(100 * d['delegated_share'], 1)) + '%') if d else '-'} | "
@@ -164,7 +182,8 @@ def markdown(records: list[dict], commands: list[str], machine: str, findings: s
             top = list(r["profile"].items())[:10]
             prof.append(f"- **{r['variant']}** ({r['image_tokens']} tokens): " + ", ".join(f"{k} {v['seconds']:.3f}s/{v['calls']}" for k, v in top))
     tokens = sorted({r["image_tokens"] for r in records})
-    return (f"# ExecuTorch on one SD3.5-Medium block ({', '.join(map(str, tokens))} image + 333 text tokens)\n\n"
+    return (f"# ExecuTorch on one SD3.5-Medium block ({', '.join(map(str, tokens))} image + 333 text tokens; "
+            "'-folded': 77 + 1 weighted)\n\n"
             f"Commands: `{'`, `'.join(commands)}`  \nMachine: {machine}  \nEach variant in a fresh process; median of the "
             f"repeats after one warm-up; 'vs eager' > 1 means faster than PyTorch eager fp32 (2 threads).\n\n"
             + "\n".join(rows) + "\n\nETDump profile of one run (seconds / number of events, top 10; "

@@ -92,6 +92,9 @@ class Exporter(ABC):
     cli_options: ClassVar[dict[str, dict]] = {}
     # Options the Python API (and benchmarks) may pass that have no flag: name -> default.
     api_options: ClassVar[dict[str, object]] = {}
+    # Whether the transformer is exported with T5's zero slots folded into one token (``flash_edge.folding``):
+    # every target whose artifact is a traced graph; not the ``torch`` target, which saves diffusers' weights.
+    folds: ClassVar[bool] = True
 
     @classmethod
     def option_defaults(cls) -> dict[str, object]:

@@ -37,13 +37,15 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
                   sigmas=None, t5: bool = False, t5_tokens: int | None = None, force: bool = False,
                   skip_parity: bool = False, progress: Progress | None = None, config=None,
                   decode_tile: int | None = None, decode_overlap: int | None = None,
-                  component_targets: dict[str, str] | None = None, **target_options) -> Path:
+                  component_targets: dict[str, str] | None = None, fold_slots: bool = True, **target_options) -> Path:
     """Export ``source`` (``"tiny"``, a diffusers folder or a single-file ``.safetensors`` checkpoint, whose
     diffusers config folder is ``config``) to a ``target`` bundle at ``out``. ``decode_tile``/``decode_overlap``
     (pixels): export the VAE decoder at a tile's shape and decode in overlapping tiles (``flash_edge.tiling``).
     ``component_targets``: components exported for another target, ``{"vae_decoder": "onnx:fp32"}``
-    (``mixed.py``)."""
+    (``mixed.py``). ``fold_slots``: run T5's zero slots as one weighted token in the transformer (``flash_edge.folding``;
+    exact, and the default where the layout has them)."""
     from ..components import build_wrappers
+    from ..folding import folded, zero_slots
     from ..models import load_model
     from ..models.loading import source_paths
     from ..models.generation import generation_spec, warn_out_of_range
@@ -71,8 +73,12 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
         entries = {}
         for i, (name, own) in enumerate(exporters.items(), 1):
             say(f"[{i}/{len(specs)}] {name}: exporting to {own.target} {own.precision}")
-            with quiet(native=True):  # the exporters' own logs and warnings (FLASH_EDGE_LIBRARY_LOGS=1 shows them)
+            fold = zero_slots(spec.text) if fold_slots and own.folds and name == "transformer" else None
+            # quiet: the exporters' own logs and warnings (FLASH_EDGE_LIBRARY_LOGS=1 shows them)
+            with quiet(native=True), folded(wrappers[name], fold, spec.latent.tokens):
                 artifact = own.export_component(name, wrappers[name], specs[name], tmp)
+            if fold:
+                artifact.options["folded_t5_slots"] = fold.manifest()
             entries[name] = artifact.entry(own.target, specs[name])
         used = distinct(exporter, exporters)
         provenance = {

@@ -83,9 +83,11 @@ def split_points(transformer, chunks: int) -> list[tuple[int, int]]:
 class TransformerChunk(nn.Module):
     """Blocks [a, b) of an ``SD3Transformer2DModel`` (first chunk: with the embedders; last: with the output)."""
 
-    def __init__(self, transformer, start: int, end: int, first: bool, last: bool, latent_hw: tuple[int, int]):
+    def __init__(self, transformer, start: int, end: int, first: bool, last: bool, latent_hw: tuple[int, int],
+                 context_tokens: int | None = None):
         super().__init__()
         self.first, self.last, self.latent_hw = first, last, latent_hw
+        self.context_tokens = context_tokens  # the first chunk reads only these (``flash_edge.folding``)
         self.patch_size, self.out_channels = transformer.config.patch_size, transformer.out_channels
         if first:
             self.pos_embed, self.time_text_embed = transformer.pos_embed, transformer.time_text_embed
@@ -102,6 +104,8 @@ class TransformerChunk(nn.Module):
         dt = self.dtype
         if self.first:
             latent, timestep, encoder_hidden_states, pooled = (x.to(dt) for x in inputs)
+            if self.context_tokens is not None:
+                encoder_hidden_states = encoder_hidden_states[:, :self.context_tokens]
             hidden_states = self.pos_embed(latent).contiguous()
             temb = self.time_text_embed(timestep, pooled)
             encoder_hidden_states = self.context_embedder(encoder_hidden_states)
@@ -126,7 +130,7 @@ def chunk_modules(wrapper, spec: ComponentSpec, chunks: int) -> list[tuple[Trans
     transformer = wrapper.model
     latent = spec.inputs[0]
     n_img = (latent.shape[2] // transformer.config.patch_size) * (latent.shape[3] // transformer.config.patch_size)
-    n_txt = spec.inputs[2].shape[1]
+    n_txt = wrapper.context_tokens or spec.inputs[2].shape[1]
     d = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     def carried(i: int) -> tuple[TensorSpec, TensorSpec]:  # what chunk i hands to chunk i + 1
         return TensorSpec(f"hidden_states_{i}", (1, n_img, d)), TensorSpec(f"context_{i}", (1, n_txt, d))
@@ -136,7 +140,8 @@ def chunk_modules(wrapper, spec: ComponentSpec, chunks: int) -> list[tuple[Trans
     ranges = split_points(transformer, chunks)
     for i, (a, b) in enumerate(ranges):
         first, last = i == 0, i == len(ranges) - 1
-        module = TransformerChunk(transformer, a, b, first, last, tuple(latent.shape[2:])).eval()
+        module = TransformerChunk(transformer, a, b, first, last, tuple(latent.shape[2:]),
+                                  wrapper.context_tokens).eval()
         inputs = spec.inputs if first else (*carried(i - 1), temb)
         outputs = spec.outputs if last else (carried(i) + ((temb,) if first else ()))
         out.append((module, ComponentSpec(f"{spec.name}.chunk{i}", tuple(inputs), tuple(outputs))))

@@ -8,8 +8,9 @@ SD3 attention has no mask, so no row is ever fully masked and ``_safe_softmax`` 
 ``attention="softmax"`` keeps torch's decomposition with that one op replaced; its 4-D matmuls still become
 ``expand_copy`` + batch matmul, and the copy of the [heads, tokens, tokens] weights is left to the portable
 kernels (at 1024^2 that is 1.9 GB per copy). ``attention="bmm"`` (default) writes unmasked SDPA as two 3-D
-batch matmuls around a plain softmax, all of it delegated, no copy; anything with a mask, dropout, causal or
-grouped heads keeps torch's own decomposition.
+batch matmuls around a plain softmax, all of it delegated, no copy; a per-key additive bias (the folded zero
+slots of ``flash_edge.folding``) is added to the scores; any other mask, dropout, causal or grouped heads keeps
+torch's own decomposition.
 """
 
 from __future__ import annotations
@@ -38,16 +39,25 @@ def sdpa_decompositions(attention: str) -> dict:
         library = table[aten.scaled_dot_product_attention.default]
 
         def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-            if attn_mask is not None or dropout_p or is_causal or enable_gqa or query.dim() != 4:
+            if dropout_p or is_causal or enable_gqa or query.dim() != 4 or not _key_bias(attn_mask):
                 return library(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
             b, h, n, d = query.shape
             m, dv = key.shape[-2], value.shape[-1]
             q = (query * (1.0 / math.sqrt(d) if scale is None else scale)).reshape(b * h, n, d)
-            weights = softmax(torch.bmm(q, key.reshape(b * h, m, d).transpose(1, 2)), -1)
+            scores = torch.bmm(q, key.reshape(b * h, m, d).transpose(1, 2))
+            if attn_mask is not None:  # one bias row for every head and query (flash_edge.folding)
+                scores = scores + attn_mask.reshape(1, 1, m)
+            weights = softmax(scores, -1)
             return torch.bmm(weights, value.reshape(b * h, m, dv)).reshape(b, h, n, dv)
 
         table[aten.scaled_dot_product_attention.default] = sdpa
     return table
+
+
+def _key_bias(mask) -> bool:
+    """No mask, or an additive float bias per key shared by every head and query (shape [1, 1, 1, keys]): the
+    masks the ``bmm`` form takes. A finite bias masks no row, so ``softmax`` stays exact."""
+    return mask is None or (mask.is_floating_point() and mask.dim() == 4 and tuple(mask.shape[:3]) == (1, 1, 1))
 
 
 def constant_folding():

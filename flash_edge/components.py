@@ -37,8 +37,12 @@ class T5TextEncoder(_Wrapper):
 
 
 class Transformer(_Wrapper):
+    context_tokens: int | None = None  # set by ``folding.folded``: read only the first N context tokens
+
     def forward(self, latent, timestep, encoder_hidden_states, pooled_projections):
         dt = self.dtype
+        if self.context_tokens is not None:
+            encoder_hidden_states = encoder_hidden_states[:, :self.context_tokens]
         v = self.model(hidden_states=latent.to(dt), timestep=timestep.to(dt),
                        encoder_hidden_states=encoder_hidden_states.to(dt),
                        pooled_projections=pooled_projections.to(dt), return_dict=False)[0]

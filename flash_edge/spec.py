@@ -64,6 +64,7 @@ class TensorSpec:
     dtype: str = "float32"
     low: float | None = None  # dummy-input range: uniform in [low, high) (ints: integers); else N(0, 1)
     high: float | None = None
+    zero_rows: int = 0  # dummy input: the last N rows (axis 1) are zeros, as T5's slots without T5 are
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -77,7 +78,10 @@ class TensorSpec:
             return rng.integers(int(self.low or 0), int(self.high or 2), size=self.shape, dtype=np.int64)
         if self.low is not None:
             return rng.uniform(self.low, self.high, size=self.shape).astype(np.float32)
-        return rng.standard_normal(self.shape).astype(np.float32)
+        x = rng.standard_normal(self.shape).astype(np.float32)
+        if self.zero_rows:
+            x[:, x.shape[1] - self.zero_rows:] = 0.0
+        return x
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,11 @@ class LatentSpec:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (1, self.channels, self.height, self.width)
+
+    @property
+    def tokens(self) -> int:
+        """The transformer's image tokens (latent patches)."""
+        return (self.height // self.patch_size) * (self.width // self.patch_size)
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,8 @@ class GenerationSpec:
             return ComponentSpec(name, (
                 TensorSpec("latent", lat.shape),
                 TensorSpec("timestep", (1,), "float32", 0.0, self.sampler.timestep_scale),
-                TensorSpec("encoder_hidden_states", (1, t.sequence_length, t.joint_attention_dim)),
+                TensorSpec("encoder_hidden_states", (1, t.sequence_length, t.joint_attention_dim),
+                           zero_rows=t.t5_tokens if t.t5 == "zeros" else 0),
                 TensorSpec("pooled_projections", (1, t.pooled_dim)),
             ), (TensorSpec("velocity", lat.shape),))
         if name == "vae_decoder":
