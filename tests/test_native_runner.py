@@ -186,11 +186,14 @@ def _with_rule(bundle: Path, out: Path, rule: str, steps: int | None = None) -> 
 
 @pytest.fixture(scope="module")
 def et_chunked_tiled_bundle(tmp_path_factory, tiny_dir) -> Path:
+    """int8 in 2 chunks, tiled decode, and diffusers' 256 T5 slots folded into one (chunk 0 hands on 78 rows)."""
     from flash_edge.cli.export import main
 
     out = tmp_path_factory.mktemp("native") / "E8c2t"
     assert main(["--quiet", "--target", "executorch", "--chunks", "2", "--decode-tile", "32", "--decode-overlap",
-                 "8", "--out", str(out)]) == 0
+                 "8", "--t5-tokens", "256", "--out", str(out)]) == 0
+    chunk0 = json.loads((out / "manifest.json").read_text())["components"]["transformer"]["options"]["chunks"][0]
+    assert {o["name"]: o["shape"][1] for o in chunk0["outputs"]}["context_0"] == 78
     return out
 
 
@@ -205,7 +208,8 @@ def _python_png(bundle: Path, prompt: str, seed: int) -> np.ndarray:
                                   "int8-chunked-tiled", "int8-chunked-tiled-stream", "int8-chunked-tiled-fast"])
 def test_png_equals_flash_generate(runner, case, et_fp32_bundle, et_int8_bundle, et_chunked_tiled_bundle, tmp_path):
     """Bit-exact: the same programs through the same runtime (ExecuTorch's C++ library, here without Python),
-    float32 steps in the contract's order, the contract's rounding. Chunked: the transformer in 2 programs; tiled:
+    float32 steps in the contract's order, the contract's rounding. Chunked: the transformer in 2 programs, its T5
+    slots folded; tiled:
     the decoder at a 32-pixel tile, overlap 8, blended by the README's rule; stream: each chunk loaded per run;
     fast: every program kept loaded across two runs in one process (the runner checks both drew the same image)."""
     from PIL import Image
