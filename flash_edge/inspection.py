@@ -31,7 +31,9 @@ def describe(path: str | Path, verify: bool = True) -> dict:
         "image": {"width": spec.width, "height": spec.height},
         "sampler": {"steps": s.steps, "rule": s.rule, "sigmas": list(s.sigmas), "guidance_scale": s.guidance_scale,
                     "shift": s.shift},
-        "text": {"clip_tokens": spec.text.clip_tokens, "t5": spec.text.t5, "t5_tokens": spec.text.t5_tokens},
+        "text": {"clip_tokens": spec.text.clip_tokens, "t5": spec.text.t5, "t5_tokens": spec.text.t5_tokens,
+                 "folded": "transformer" in bundle.components
+                 and bool(bundle.components["transformer"].options.get("folded_t5_slots"))},
         "decode": {"tile": spec.decode.tile, "overlap": spec.decode.overlap} if spec.decode.tiled else None,
         "components": components,
         "bytes": sum(f["size"] for f in files.values()),
@@ -66,7 +68,8 @@ def render(d: dict) -> str:
              f"sampler     {s['steps']} steps, {s['rule']}, sigmas {', '.join(f'{x:.4g}' for x in s['sigmas'])}"
              + (f", guidance {s['guidance_scale']:g}" if s["guidance_scale"] > 1 else ""),
              f"text        {d['text']['clip_tokens']} CLIP tokens, T5 {d['text']['t5']}"
-             + (f" ({d['text']['t5_tokens']} slots)" if d["text"]["t5_tokens"] else ""),
+             + (f" ({d['text']['t5_tokens']} slots" + (", folded into one in the transformer)" if d["text"]["folded"]
+                                                       else ")") if d["text"]["t5_tokens"] else ""),
              "", f"{'component':<16}{'target':<12}{'precision':<11}{'size':>10}  chunks"]
     for name, c in d["components"].items():
         lines.append(f"{name:<16}{c['target']:<12}{c['precision']:<11}{_size(c['bytes']):>10}  {c['chunks'] or '-'}")

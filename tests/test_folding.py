@@ -128,6 +128,15 @@ def test_folded_bundle_keeps_its_inputs_and_says_what_it_folded(onnx_pair):
     assert m["parity"]["status"] == "passed"  # against diffusers' unfolded processors
 
 
+def test_inspect_says_the_slots_are_folded(onnx_pair):
+    from flash_edge.inspection import describe, render
+
+    folded_bundle, unfolded = onnx_pair
+    assert describe(folded_bundle)["text"]["folded"] is True and describe(unfolded)["text"]["folded"] is False
+    assert "T5 zeros (256 slots, folded into one in the transformer)" in render(describe(folded_bundle))
+    assert "T5 zeros (256 slots)" in render(describe(unfolded))
+
+
 def test_folded_bundle_draws_the_unfolded_image(onnx_pair):
     """Same seed and prompt: the two bundles' images differ by rounding only. 60 dB is the torch target's bar
     for "the same fp32 computation in another order"; the gate's own floor for ONNX fp32 is lower."""
