@@ -163,15 +163,16 @@ def spawn(name: str, tokens: int, repeats: int, cap: float) -> dict:
 
 def markdown(records: list[dict], commands: list[str], machine: str, findings: str) -> str:
     base = {r["image_tokens"]: r["seconds"]["median"] for r in records if r.get("variant") == "eager-fp32" and "seconds" in r}
-    rows = ["| variant | image tokens | text tokens | recipe | attention | threads | median s | vs eager fp32 | x24 (step) | PSNR dB | file MB "
-            "| delegated ops | subgraphs | peak RSS GB |", "|" + "---|" * 14]
+    rows = ["| variant | image tokens | text tokens | recipe | attention | threads | median s | vs eager fp32 "
+            "| x24 (step) | PSNR dB | file MB | delegated ops | subgraphs | peak RSS GB |", "|" + "---|" * 14]
     for r in records:
         if "failed" in r:
             rows.append(f"| {r['variant']} | {r['image_tokens']} | | | | | failed: {r['failed']} |" + " |" * 7)
             continue
         s = r["seconds"]["median"]
         d = r.get("delegation", {})
-        rows.append(f"| {r['variant']} | {r['image_tokens']} | {r.get('text_tokens', 333)} | {r['recipe']} | {r['attention'] or '-'} | {r['threads']} | {s:.3f} | "
+        rows.append(f"| {r['variant']} | {r['image_tokens']} | {r.get('text_tokens', 333)} | {r['recipe']} "
+                    f"| {r['attention'] or '-'} | {r['threads']} | {s:.3f} | "
                     f"{base.get(r['image_tokens'], float('nan')) / s:.2f}x | {s * BLOCKS_PER_STEP:.1f} | "
                     f"{r['psnr_db']:.1f} | {r.get('bytes', 0) / 1e6:.0f} | "
                     f"{(str(round(100 * d['delegated_share'], 1)) + '%') if d else '-'} | "

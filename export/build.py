@@ -42,8 +42,8 @@ def export_bundle(source: str | Path, target: str, out: str | Path, precision: s
     diffusers config folder is ``config``) to a ``target`` bundle at ``out``. ``decode_tile``/``decode_overlap``
     (pixels): export the VAE decoder at a tile's shape and decode in overlapping tiles (``flash_edge.tiling``).
     ``component_targets``: components exported for another target, ``{"vae_decoder": "onnx:fp32"}``
-    (``mixed.py``). ``fold_slots``: run T5's zero slots as one weighted token in the transformer (``flash_edge.folding``;
-    exact, and the default where the layout has them)."""
+    (``mixed.py``). ``fold_slots``: run T5's zero slots as one weighted token in the transformer
+    (``flash_edge.folding``; exact, and the default where the layout has them)."""
     from ..components import build_wrappers
     from ..folding import folded, zero_slots
     from ..models import load_model

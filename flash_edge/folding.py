@@ -11,7 +11,8 @@ keys with identical values weigh exactly as one key whose logit is raised by ln 
 The folded transformer keeps the CLIP tokens and one zero slot, and its joint attention adds ln N to that key's
 logits (an additive mask). Its outputs are the unfolded ones up to rounding; the context tokens it hands between
 chunks are the unfolded ones with the 255 repeats left out. At 512^2 (1024 image tokens) that is 1357 -> 1102
-tokens per joint attention: 34% less attention and 19% less linear work on the text stream's share.
+tokens per joint attention: per SD3.5-Medium block, 34% less joint-attention work, 15% less linear work, 16% fewer
+FLOPs in all (``benchmarks/results/executorch-block-folded.md``).
 
 A bundle's transformer keeps its input shape (all 256 slots; the graph reads the first), so apps and older
 runtimes feed it as before. Only the exported programs fold: the PyTorch reference, the ``torch`` target and the
