@@ -60,16 +60,16 @@ def _db(x) -> str:
 
 def render(d: dict) -> str:
     """``describe``'s result as the text ``flash-inspect`` prints."""
-    s, img = d["sampler"], d["image"]
+    s, img, t = d["sampler"], d["image"], d["text"]
+    folded = ", folded into one in the transformer" if t["folded"] else ""
+    slots = f" ({t['t5_tokens']} slots{folded})" if t["t5_tokens"] else ""
     lines = [f"bundle      {d['bundle']} (format {d['format_version']}, flash-edge {d['sdk_version']})",
              f"model       {d['model']}" + (f", {d['parameters']:,} parameters" if d["parameters"] else ""),
              f"image       {img['width']}x{img['height']}"
              + (f", decoded in {d['decode']['tile']}-cell tiles (overlap {d['decode']['overlap']})" if d["decode"] else ""),
              f"sampler     {s['steps']} steps, {s['rule']}, sigmas {', '.join(f'{x:.4g}' for x in s['sigmas'])}"
              + (f", guidance {s['guidance_scale']:g}" if s["guidance_scale"] > 1 else ""),
-             f"text        {d['text']['clip_tokens']} CLIP tokens, T5 {d['text']['t5']}"
-             + (f" ({d['text']['t5_tokens']} slots" + (", folded into one in the transformer)" if d["text"]["folded"]
-                                                       else ")") if d["text"]["t5_tokens"] else ""),
+             f"text        {t['clip_tokens']} CLIP tokens, T5 {t['t5']}{slots}",
              "", f"{'component':<16}{'target':<12}{'precision':<11}{'size':>10}  chunks"]
     for name, c in d["components"].items():
         lines.append(f"{name:<16}{c['target']:<12}{c['precision']:<11}{_size(c['bytes']):>10}  {c['chunks'] or '-'}")
