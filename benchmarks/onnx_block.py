@@ -15,6 +15,9 @@ Variants (each an ONNX file exported by the same ``OnnxExporter`` that writes bu
   float-attn    int8 with the attention projections (q/k/v/out) left float: only the MLPs and adaLN int8
   threads       int8 base with intra-op threads 1 and inter-op 2 (vs 2/1)
   opset23       export at opset 23, where torch.onnx may emit the standard Attention op
+  int8-attn     int8 s8 dynamic with attention's activation matmuls (QK^T, AV) quantized too
+  qdq           static QDQ int8, s8 weights, calibrated on 8 seeded feeds, on ONNX Runtime and on OpenVINO
+                (onnxruntime's QDQ quantizer takes attention's matmuls too, whatever MatMulConstBOnly says)
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import numpy as np
 from benchmarks.block import HIDDEN, HEADS, TEXT_TOKENS, block_module, block_spec, flops
 
 RESULTS = Path(__file__).parent / "results"
-ALL_VARIANTS = ("base", "s8", "openvino", "mha", "float-attn", "threads", "opset23")
+ALL_VARIANTS = ("base", "s8", "openvino", "mha", "float-attn", "threads", "opset23", "int8-attn", "qdq")
+CALIBRATION_SEEDS = range(1, 9)  # qdq variants; the measured feed is seed 0
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:
@@ -139,8 +143,14 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
         del run
         gc.collect()
 
+    openvino_runs = []  # measured after every ONNX Runtime case: OpenVINO's threads slowed ORT runs after them
+
     def openvino(label, path, note):
-        """``path`` on OpenVINO in its default precision (bf16 on AMX), as ``runtimes/openvino.py`` opens it."""
+        """Queue ``path`` on OpenVINO in its default precision (bf16 on AVX-512 BF16 and AMX), as
+        ``runtimes/openvino.py`` opens it."""
+        openvino_runs.append((label, path, note))
+
+    def run_openvino(label, path, note):
         import openvino as ov
 
         from flash_edge.runtimes.openvino import describe
@@ -149,8 +159,22 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
                                                               "INFERENCE_NUM_THREADS": threads})
         request = compiled.create_infer_request()
         ports = [compiled.output(n) for n in spec.output_names]
-        measure(f"{label} ({describe()['inference_precision']})", path, note=note,
-                run=lambda: [request.infer(feeds)[q].copy() for q in ports])
+
+        def infer():  # one inference, then every output (indexing infer()'s result per output ran it twice)
+            result = request.infer(feeds)
+            return [result[q].copy() for q in ports]
+
+        measure(f"{label} ({describe()['inference_precision']})", path, note=note, run=infer)
+
+    def quantized(name, mode, const_b_only):
+        """``f32`` quantized with s8 weights as the exporter's pass does it, ``mode`` dynamic or qdq."""
+        from flash_edge.export.onnx_passes import quantize_int8
+
+        calibration = [spec.dummy_inputs(seed=s) for s in CALIBRATION_SEEDS] if mode == "qdq" else None
+        out = tmp / f"{name}.onnx"
+        quantize_int8(f32, out, False, mode, ("MatMul", "Gemm"), calibration=calibration, weights="s8",
+                      const_b_only=const_b_only)
+        return out
 
     def attempt(label, fn):
         """A variant that fails is a result too: record the error and go on with the others."""
@@ -165,7 +189,7 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
         f32 = export(module, spec, tmp / "fp32", "fp32")
         measure("ort fp32", f32, note="bundle pipeline: dynamo export, ORT basic offline + all online")
         if "openvino" in variants:
-            attempt("openvino fp32 file", lambda: openvino("openvino fp32 file", f32, "the fp32 bundle's file"))
+            openvino("openvino fp32 file", f32, "the fp32 bundle's file")
         if "base" in variants or "threads" in variants:
             i8 = export(module, spec, tmp / "int8", "int8")
             if "base" in variants:
@@ -178,9 +202,7 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
             s8 = export(module, spec, tmp / "s8", "int8", int8_weights="s8")
             measure("ort int8, s8 weights", s8, note="--int8-weights s8 (VNNI kernels where the CPU has them)")
             if "openvino" in variants:
-                attempt("openvino s8 file", lambda: openvino("openvino s8 file", s8,
-                                                             "ONNX Runtime's dynamic-int8 graph, run by OpenVINO"))
-            shutil.rmtree(tmp / "s8")
+                openvino("openvino s8 file", s8, "ONNX Runtime's dynamic-int8 graph, run by OpenVINO")
         if "float-attn" in variants:
             def float_attention():
                 n = quantize(f32, tmp / "fa.onnx", exclude_attention=True)
@@ -216,6 +238,21 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
                 print("opset23 failed:", e, flush=True)
             finally:
                 onnx_target.OPSET = saved
+        if "int8-attn" in variants:
+            def int8_attention():
+                path = quantized("i8attn", "dynamic", const_b_only=False)
+                measure("ort int8 s8, attention matmuls int8", path, note="dynamic, MatMulConstBOnly off")
+
+            attempt("ort int8 s8, attention matmuls int8", int8_attention)
+        if "qdq" in variants:
+            def qdq():
+                path = quantized("qdq", "qdq", const_b_only=True)
+                attempt("ort static QDQ s8", lambda: measure("ort static QDQ s8", path, note="calibrated on 8 feeds"))
+                openvino("openvino static QDQ s8", path, "the same file")
+
+            attempt("qdq", qdq)
+        for label, path, note in openvino_runs:
+            attempt(label, lambda: run_openvino(label, path, note))
     return {"image_tokens": tokens, "text_tokens": text_tokens, "threads": threads, "repeats": repeats,
             "gflop": flops(tokens, text_tokens) / 1e9, "rows": rows}
 

@@ -8,10 +8,11 @@ Cases (``target:precision[:variant]``): PyTorch eager fp32 and bf16 (the baselin
 gives); ONNX Runtime fp32, fp16, int8 dynamic (ConvInteger/MatMulInteger) and int8 static QDQ (calibrated on
 seeded latents), each the exporter's own ``--quantize-vae``; ExecuTorch/XNNPACK fp32, int8 static (PT2E,
 calibrated) and int8 dynamic; the ONNX fp32 file on OpenVINO, in its default precision (bf16 on AVX-512 BF16 and
-AMX CPUs) and in f32. Each case runs in a fresh child process (``sd35m_block.spawn``), reached only
-through the public contracts (``exporter.export_component("vae_decoder", ...)``, ``Backend.open``), with its
-peak RSS from the OS. Random weights: quantization error on trained weights differs, so a PSNR here ranks the
-variants; it does not replace the parity gate of a real bundle. Writes benchmarks/results/sd35m-vae.{json,md}.
+AMX CPUs) and in f32, and the static QDQ int8 file on OpenVINO. Each case runs in a fresh child process
+(``sd35m_block.spawn``), reached only through the public contracts (``exporter.export_component("vae_decoder",
+...)``, ``Backend.open``), with its peak RSS from the OS. Random weights: quantization error on trained weights
+differs, so a PSNR here ranks the variants; it does not replace the parity gate of a real bundle. Writes
+benchmarks/results/sd35m-vae.{json,md}.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ CASES = {
     "executorch:int8:static": ("executorch", "int8", {"recipe": "int8-static"}, "PT2E static, calibrated"),
     "executorch:int8:dynamic": ("executorch", "int8", {"recipe": "int8-dynamic"}, "PT2E dynamic"),
     "openvino:fp32": ("onnx", "fp32", {}, "the onnx:fp32 file on OpenVINO, its default precision", "openvino"),
+    "openvino:int8:qdq": ("onnx", "int8", {"quantize_vae": True, "int8_mode": "qdq", "int8_weights": "s8"},
+                          "the onnx:int8:qdq file (s8 weights) on OpenVINO: int8 convolutions", "openvino"),
     "openvino:fp32:f32": ("onnx", "fp32", {}, "the onnx:fp32 file on OpenVINO computing in f32", "openvino",
                           {"inference_precision": "f32"}),
 }

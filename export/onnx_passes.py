@@ -80,7 +80,8 @@ def optimize_offline(src: Path, dst: Path, external: bool) -> dict:
 
 
 def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tuple[str, ...],
-                  calibration=None, exclude: tuple[str, ...] = (), weights: str = "u8") -> dict:
+                  calibration=None, exclude: tuple[str, ...] = (), weights: str = "u8",
+                  const_b_only: bool = True) -> dict:
     """Weights 8-bit per output channel, ``weights`` ``u8`` (unsigned) or ``s8`` (signed). ``dynamic``:
     activations quantized at run time (no calibration); ``qdq``: static QuantizeLinear/DequantizeLinear pairs
     calibrated (min-max) on ``calibration`` feeds. Activations are uint8 either way.
@@ -88,7 +89,10 @@ def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tup
     Why u8 by default: ONNX Runtime multiplies u8 activations by s8 weights on x86 CPUs without VNNI (AVX2,
     AVX-512 before Ice Lake, AMD before Zen 4) with ``vpmaddubsw``, whose int16 pair sums saturate: measured
     here on an AVX2-only EPYC, the tiny model's CLIP-L lost 16 dB (35.6 vs 51.3 dB) and the image fell to
-    26 dB. u8 x u8 has no such path; ``s8`` keeps VNNI's u8 x s8 kernels for bundles meant for such CPUs."""
+    26 dB. u8 x u8 has no such path; ``s8`` keeps VNNI's u8 x s8 kernels for bundles meant for such CPUs.
+
+    ``const_b_only`` (the default) quantizes only matmuls by a weight; without it, attention's activation by
+    activation matmuls (QK^T and AV) are quantized too."""
     model = load(src)
     del model.graph.value_info[:]  # stale shapes trip the quantizer's own shape inference (stack probe)
     clean = src.with_name(src.stem + ".clean.onnx")
@@ -96,7 +100,7 @@ def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tup
     del model
     try:
         with _quiet_root_logger():
-            _quantize(clean, dst, external, mode, op_types, calibration, list(exclude), weights)
+            _quantize(clean, dst, external, mode, op_types, calibration, list(exclude), weights, const_b_only)
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - a library failure becomes one line, nothing is written
@@ -111,7 +115,8 @@ def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tup
     return {"mode": mode, "weights": f"{weights} per-channel", "op_types": list(op_types), "ops": quantized}
 
 
-def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibration, exclude, weights) -> None:
+def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibration, exclude, weights,
+              const_b_only: bool = True) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, \
         quantize_static
 
@@ -119,7 +124,7 @@ def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibra
     if mode == "dynamic":
         quantize_dynamic(src, dst, op_types_to_quantize=list(op_types), per_channel=True, weight_type=weight_type,
                          use_external_data_format=external, nodes_to_exclude=exclude,
-                         extra_options={"MatMulConstBOnly": True})
+                         extra_options={"MatMulConstBOnly": const_b_only})
     elif mode == "qdq":
         feeds = iter(list(calibration or []))
 
@@ -130,7 +135,7 @@ def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibra
         quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=weight_type,
                         use_external_data_format=external, nodes_to_exclude=exclude,
-                        extra_options={"MatMulConstBOnly": True})
+                        extra_options={"MatMulConstBOnly": const_b_only})
     else:
         raise ExportError(f"unknown int8 mode {mode!r}")
 

@@ -418,3 +418,28 @@ def test_backend_options(b8):
         OnnxBackend(graph_optimization_level="max").load(bundle, "transformer")
     manifest = json.loads((b8 / "manifest.json").read_text())
     assert manifest["onnx"]["fused"]["transformer"]  # the offline optimizer's record is in the manifest
+
+
+def test_int8_pass_quantizes_activation_matmuls_only_when_asked(tmp_path):
+    """``quantize_int8(const_b_only=False)`` (the block probe's attention-in-int8 variant) turns a matmul of two
+    activations into ``MatMulInteger``; the default, what bundles get, leaves it float and quantizes the weight's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from flash_edge.export.onnx_passes import op_counts, quantize_int8
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["projected"]),  # by a weight
+         helper.make_node("MatMul", ["projected", "y"], ["out"])],  # activation by activation, as QK^T
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8]),
+              helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 4])], [weight])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(src))
+    counts = {}
+    for const_b_only in (True, False):
+        dst = tmp_path / f"q{const_b_only}.onnx"
+        quantize_int8(src, dst, False, "dynamic", ("MatMul",), weights="s8", const_b_only=const_b_only)
+        counts[const_b_only] = op_counts(dst)
+    assert (counts[True]["MatMulInteger"], counts[True]["MatMul"]) == (1, 1)
+    assert (counts[False]["MatMulInteger"], counts[False]["MatMul"]) == (2, 0)
