@@ -1,16 +1,16 @@
 """The OpenVINO backend: runs a bundle's ONNX artifacts with OpenVINO's CPU plugin, numpy in and out. Never
 imports torch.
 
-It reads the same files as the ``onnx`` backend (a bundle needs no export of its own) and is chosen by name
-only: ``FlashPipeline.from_bundle(path, backend="openvino")``, or for one component,
-``backends={"vae_decoder": "openvino"}``. It exists for x86 CPUs with AMX or AVX-512 BF16, where OpenVINO
-computes in bf16: on an EPYC with AVX-512 BF16 (no AMX) the SD3.5 VAE decoder took 6.5 s against PyTorch fp32's
-16.5 s (``benchmarks/results/sd35m-vae-openvino.md``; the transformer runs 28% faster in int8 there); on a
-2-core Xeon with AMX the decoder took 1.8 s against ONNX Runtime's 8.5 s on the same fp32 file, the SD3.5-Medium step 2.2-2.3 s
+It reads the same files as the ``onnx`` backend (a bundle needs no export of its own) and is chosen by name only:
+``FlashPipeline.from_bundle(path, backend="openvino")``, or for one component, ``backends={"vae_decoder":
+"openvino"}``. It exists for x86 CPUs with AMX or AVX-512 BF16, where OpenVINO computes in bf16: on an EPYC with
+AVX-512 BF16 (no AMX) the SD3.5 VAE decoder took 6.5 s against PyTorch fp32's 16.5 s
+(``benchmarks/results/sd35m-vae-openvino.md``; the transformer runs 28% faster in int8 there); on a 2-core Xeon with
+AMX the decoder took 1.8 s against ONNX Runtime's 8.5 s on the same fp32 file, the SD3.5-Medium step 2.2-2.3 s
 against ONNX Runtime s8 int8's 3.6 s, and the whole 4-step 512^2 image 4.72-4.79x PyTorch fp32
-(``benchmarks/results/sd35m-full-openvino*``). Give it an fp32 bundle (or an fp32 component of a mixed one):
-int8 bundles hold ONNX Runtime's dynamic-quantization graph, which OpenVINO runs as plain ops (slower than ONNX
-Runtime), and the fp16 bundle was slower (13.2 s against 11.2 s per image) at the same peak.
+(``benchmarks/results/sd35m-full-openvino*``). Give it an fp32 bundle (or an fp32 component of a mixed one): int8
+bundles hold ONNX Runtime's dynamic-quantization graph, which OpenVINO runs as plain ops (slower than ONNX Runtime),
+and the fp16 bundle was slower (13.2 s against 11.2 s per image) at the same peak.
 
 Options:
 
