@@ -23,6 +23,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.sd35m_block import kept_findings
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = "executorch-block"
@@ -221,8 +223,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out.with_suffix(".md"), out.with_suffix(".json")
-    old = md_path.read_text() if md_path.exists() else ""
-    findings = old[old.index("## Findings"):] if "## Findings" in old else "## Findings\n\n(to be written)\n"
+    findings = kept_findings(md_path)
     command = "nice -n 10 .venv/bin/python -m benchmarks.executorch_block " + " ".join(argv or sys.argv[1:])
     # a run at another token count adds to the results; a variant measured again at the same count replaces its row
     kept = json.loads(json_path.read_text()) if json_path.exists() else {"commands": [], "records": []}

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.block import HIDDEN, HEADS, TEXT_TOKENS, block_module, block_spec, flops
+from benchmarks.sd35m_block import kept_findings
 
 RESULTS = Path(__file__).parent / "results"
 ALL_VARIANTS = ("base", "s8", "openvino", "mha", "float-attn", "threads", "opset23", "int8-attn", "qdq")
@@ -284,8 +285,7 @@ def write(results: list[dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "onnx-block.json").write_text(json.dumps(results, indent=2) + "\n")
     md = RESULTS / "onnx-block.md"
-    old = md.read_text() if md.exists() else ""
-    findings = old[old.index("## Findings"):] if "## Findings" in old else "## Findings\n\n(to be written)\n"
+    findings = kept_findings(md)
     md.write_text(markdown(results, findings))
 
 

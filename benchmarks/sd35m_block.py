@@ -186,6 +186,12 @@ def harness_arguments(p: argparse.ArgumentParser, cap_gb: float, timeout: float,
     p.add_argument("--json", help=argparse.SUPPRESS)
 
 
+def kept_findings(md: Path) -> str:
+    """The hand-written ``## Findings`` section of a results page, kept when a probe rewrites its tables."""
+    old = md.read_text() if md.exists() else ""
+    return old[old.index("## Findings"):] if "## Findings" in old else "## Findings\n\n(to be written)\n"
+
+
 def write_results(results: dict, out: str, markdown) -> None:
     """The end machine state, then ``out``.json (the raw data, first) and ``out``.md (``markdown(results)``)."""
     from flash_edge.bench.measure import machine_info, machine_label

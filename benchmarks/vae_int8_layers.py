@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ def run(size: int, repeats: int, threads: int) -> dict:
     import openvino as ov
     import torch
 
+    from flash_edge.bench.measure import time_runs
     from flash_edge.export import get_exporter
     from flash_edge.export.onnx_passes import quantize_int8
     from flash_edge.metrics import psnr
@@ -51,14 +51,10 @@ def run(size: int, repeats: int, threads: int) -> dict:
         compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                          "INFERENCE_NUM_THREADS": threads})
         request, port = compiled.create_infer_request(), compiled.output(0)
-        image = request.infer(feeds)[port].copy()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            request.infer(feeds)
-            times.append(time.perf_counter() - t)
+        image = request.infer(feeds)[port].copy()  # also the warm-up
+        timed = time_runs(lambda: request.infer(feeds), repeats, warmup=0)
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        return {"median_s": statistics.median(times), "times_s": times, "openvino_precision": precision,
+        return {"median_s": timed["median"], "times_s": timed["raw"], "openvino_precision": precision,
                 "psnr_db": float(psnr(reference, image, data_range=1.0))}
 
     rows = []
@@ -116,6 +112,8 @@ def main(argv=None) -> int:
     from flash_edge import cpu
     from flash_edge.cli.common import quiet_libraries
 
+    from .sd35m_block import kept_findings
+
     quiet_libraries()
     record = run(args.size, args.repeats, args.threads)
     record.update(command="python -m benchmarks.vae_int8_layers " + " ".join(argv), load_avg=os.getloadavg(),
@@ -124,8 +122,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "vae-int8-layers.json").write_text(json.dumps(record, indent=2) + "\n")
     md = RESULTS / "vae-int8-layers.md"
-    old = md.read_text() if md.exists() else ""
-    findings = old[old.index("## Findings"):] if "## Findings" in old else "## Findings\n\n(to be written)\n"
+    findings = kept_findings(md)
     md.write_text(markdown(record) + "\n" + findings)
     return 0
 

@@ -116,7 +116,7 @@ def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tup
 
 
 def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibration, exclude, weights,
-              const_b_only: bool = True) -> None:
+              const_b_only: bool) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, \
         quantize_static
 
