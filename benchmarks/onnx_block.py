@@ -18,6 +18,9 @@ Variants (each an ONNX file exported by the same ``OnnxExporter`` that writes bu
   int8-attn     int8 s8 dynamic with attention's activation matmuls (QK^T, AV) quantized too
   qdq           static QDQ int8, s8 weights, calibrated on 8 seeded feeds, on ONNX Runtime and on OpenVINO
                 (onnxruntime's QDQ quantizer takes attention's matmuls too, whatever MatMulConstBOnly says)
+  weights       weight-only int8 (--int8-mode weights: NNCF, s8 DequantizeLinear weights) on OpenVINO, with its
+                activations quantized at run time in groups of 32 (OpenVINO's default) and 256 (runtimes/openvino.py's),
+                and on ONNX Runtime
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from benchmarks.block import HIDDEN, HEADS, TEXT_TOKENS, block_module, block_spe
 from benchmarks.sd35m_block import kept_findings
 
 RESULTS = Path(__file__).parent / "results"
-ALL_VARIANTS = ("base", "s8", "openvino", "mha", "float-attn", "threads", "opset23", "int8-attn", "qdq")
+ALL_VARIANTS = ("base", "s8", "openvino", "mha", "float-attn", "threads", "opset23", "int8-attn", "qdq",
+                "weights")
 CALIBRATION_SEEDS = range(1, 9)  # qdq variants; the measured feed is seed 0
 
 
@@ -146,18 +150,17 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
 
     openvino_runs = []  # measured after every ONNX Runtime case: OpenVINO's threads slowed ORT runs after them
 
-    def openvino(label, path, note):
+    def openvino(label, path, note, group_size=None):
         """Queue ``path`` on OpenVINO in its default precision (bf16 on AVX-512 BF16 and AMX), as
-        ``runtimes/openvino.py`` opens it."""
-        openvino_runs.append((label, path, note))
+        ``runtimes/openvino.py`` opens it (``group_size``: run-time activation groups of int8 weights)."""
+        openvino_runs.append((label, path, note, group_size))
 
-    def run_openvino(label, path, note):
+    def run_openvino(label, path, note, group_size=None):
         import openvino as ov
 
-        from flash_edge.runtimes.openvino import describe
+        from flash_edge.runtimes.openvino import compile_options, describe
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                              "INFERENCE_NUM_THREADS": threads})
+        compiled = ov.Core().compile_model(str(path), "CPU", compile_options(threads=threads, group_size=group_size))
         request = compiled.create_infer_request()
         ports = [compiled.output(n) for n in spec.output_names]
 
@@ -167,9 +170,10 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
 
         measure(f"{label} ({describe()['inference_precision']})", path, note=note, run=infer)
 
+    from flash_edge.export.onnx_passes import quantize_int8
+
     def quantized(name, mode, const_b_only):
         """``f32`` quantized with s8 weights as the exporter's pass does it, ``mode`` dynamic or qdq."""
-        from flash_edge.export.onnx_passes import quantize_int8
 
         calibration = [spec.dummy_inputs(seed=s) for s in CALIBRATION_SEEDS] if mode == "qdq" else None
         out = tmp / f"{name}.onnx"
@@ -252,8 +256,19 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
                 openvino("openvino static QDQ s8", path, "the same file")
 
             attempt("qdq", qdq)
-        for label, path, note in openvino_runs:
-            attempt(label, lambda: run_openvino(label, path, note))
+        if "weights" in variants:
+            def weight_only():
+                path = tmp / "w8.onnx"
+                quantize_int8(f32, path, False, "weights", ("MatMul", "Gemm"))
+                attempt("ort weight-only int8", lambda: measure("ort weight-only int8", path,
+                                                                note="float products on dequantized weights"))
+                for group in (32, 256):
+                    openvino(f"openvino weight-only int8, groups of {group}", path,
+                             f"--int8-mode weights; activations int8 in groups of {group}", group)
+
+            attempt("weights", weight_only)
+        for label, path, note, group_size in openvino_runs:
+            attempt(label, lambda: run_openvino(label, path, note, group_size))
     return {"image_tokens": tokens, "text_tokens": text_tokens, "threads": threads, "repeats": repeats,
             "gflop": flops(tokens, text_tokens) / 1e9, "rows": rows}
 
