@@ -155,12 +155,23 @@ def compress_weights(src: Path, dst: Path, external: bool, exclude=()) -> None:
     products in int8 with activations quantized at run time in groups (``runtimes/openvino.py``); ONNX Runtime
     runs it as float products after dequantizing (correct, but slower than its own dynamic int8)."""
     import nncf
+    import onnx
 
-    model = load(src)
+    advanced = None
+    if external:  # a model past 2 GB cannot be one protobuf: NNCF reads its weights from the data file itself
+        from nncf.onnx.quantization.backend_parameters import BackendParameters
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
+
+        model = onnx.load(str(src), load_external_data=False)
+        advanced = AdvancedCompressionParameters(
+            backend_params={BackendParameters.EXTERNAL_DATA_DIR: str(src.parent.resolve())})
+    else:
+        model = load(src)
     # convolutions stay float: NNCF compresses them too, with a [C, 1, 1] scale that OpenVINO's ONNX reader refuses
     scope = nncf.IgnoredScope(names=list(exclude), types=["Conv", "ConvTranspose"], validate=False)
     with _quiet_nncf():
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=scope)
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=scope,
+                                      advanced_parameters=advanced)
     save(model, dst, external)
 
 
