@@ -19,7 +19,6 @@ whole table as a weight (906 MB for SD3.5-Medium), though one crop of it is all 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,10 +43,6 @@ FLOORS = {
     ("fp16", "*"): {"*": 35.0},
     ("int8", "dynamic"): {"text_encoder": 38.0, "text_encoder_2": 38.0, "text_encoder_3": 38.0,
                           "transformer": 50.0, "vae_decoder": 60.0, "image": 42.0},
-    # gated on OpenVINO, where the float components compute in bf16 on CPUs that have it (the SD3.5 decoder:
-    # 48.7 dB at 512^2); tiny on the AVX-512 BF16 EPYC: 50.8 / 49.6 / 54.4 / 57.4 dB, image 44.1 dB
-    ("int8", "weights"): {"text_encoder": 38.0, "text_encoder_2": 38.0, "text_encoder_3": 38.0,
-                          "transformer": 48.0, "vae_decoder": 45.0, "image": 40.0},
     ("int8", "qdq"): {"text_encoder": 35.0, "text_encoder_2": 35.0, "text_encoder_3": 35.0,
                       "transformer": 45.0, "vae_decoder": 60.0, "image": 40.0},
 }
@@ -102,13 +97,10 @@ class OnnxExporter(Exporter):
         "--quantize-vae": dict(action="store_true", default=False,
                                help="int8: quantize the VAE decoder too (default: it stays fp32; int8 costs it "
                                     "~8 dB PSNR and ConvInteger is slower than float conv on CPU)"),
-        "--int8-mode": dict(choices=("dynamic", "qdq", "weights"), default="dynamic",
+        "--int8-mode": dict(choices=("dynamic", "qdq"), default="dynamic",
                             help="int8: activations quantized at run time (dynamic, default: no calibration, "
-                                 "best accuracy, fastest on ONNX Runtime's CPU provider), static QDQ calibrated on "
-                                 "dummy inputs (for NPU/EPs that need static quantization), or weights only "
-                                 "(s8 DequantizeLinear weights, NNCF: for OpenVINO, which runs them in int8 with "
-                                 "activations quantized at run time and attention in bf16; the parity gate runs "
-                                 "OpenVINO)"),
+                                 "best accuracy, fastest on CPU) or static QDQ calibrated on dummy inputs "
+                                 "(for NPU/EPs that need static quantization)"),
         "--int8-weights": dict(choices=("u8", "s8"), default="u8",
                                help="int8: weight type (u8, default: exact on every x86 CPU; s8: ONNX Runtime's "
                                     "u8 x s8 CPU kernels saturate on x86 CPUs without VNNI, costing 5-25 dB there, "
@@ -122,20 +114,7 @@ class OnnxExporter(Exporter):
         super().__init__(precision, **options)  # unknown names and the declared choices are refused there
         if self.options["quantize_vae"] and self.precision != "int8":
             raise InvalidInput("--quantize-vae applies to --precision int8 only")
-        if self.weight_only:
-            if self.options["quantize_vae"]:
-                raise InvalidInput("--quantize-vae applies to --int8-mode dynamic or qdq (weight-only int8 "
-                                   "leaves convolutions float)")
-            missing = [m for m in ("nncf", "openvino") if importlib.util.find_spec(m) is None]
-            if missing:
-                raise InvalidInput(f"--int8-mode weights needs {' and '.join(missing)}: "
-                                   f"pip install 'flash-edge[openvino-export]'")
-            self.backend = "openvino"  # the gate checks what OpenVINO computes, int8 products included
         self._calibration: list | None = None  # qdq int8 of a chunked component: feeds per chunk
-
-    @property
-    def weight_only(self) -> bool:
-        return self.precision == "int8" and self.options["int8_mode"] == "weights"
 
     # ------------------------------------------------------------------ contract
     def parity_floor_db(self, component, precision):
@@ -169,11 +148,8 @@ class OnnxExporter(Exporter):
 
     def component_options(self, name, programs):
         records = [p.facts for p in programs]
-        options = {"opset": OPSET, "external_data": any(r["external_data"] for r in records),
-                   "optimizer": _merged_optimizer(records)}
-        if self.weight_only and self.quantized(name):
-            options["preferred_backend"] = "openvino"  # what --backend auto picks where OpenVINO is installed
-        return options
+        return {"opset": OPSET, "external_data": any(r["external_data"] for r in records),
+                "optimizer": _merged_optimizer(records)}
 
     # ------------------------------------------------------------------ one file
     def _needs_calibration(self, name) -> bool:
@@ -238,14 +214,9 @@ class OnnxExporter(Exporter):
             extra["note"] = ("fp16 is meant for GPU execution providers; on the CPU provider ONNX Runtime runs "
                              "many fp16 ops through casts and is slower than fp32 or int8")
         elif self.precision == "int8":
-            weights = f"{self.options['int8_weights']} per-channel"
-            if self.weight_only:
-                weights = "s8 per-channel (symmetric)"
-                extra["runtime"] = ("OpenVINO (CPU plugin): int8 products with activations quantized at run time; "
-                                    "ONNX Runtime runs these files too, as float products, slower")
-            else:
-                extra["execution_providers"] = ["CPUExecutionProvider"]
-            extra["quantization"] = {"mode": self.options["int8_mode"], "weights": weights,
+            extra["execution_providers"] = ["CPUExecutionProvider"]
+            extra["quantization"] = {"mode": self.options["int8_mode"],
+                                     "weights": f"{self.options['int8_weights']} per-channel",
                                      "components": [c for c in self.exported if self.quantized(c)],
                                      "float_components": [c for c in self.exported if not self.quantized(c)]}
         options = {c: a.options for c, a in self.exported.items()}

@@ -1,6 +1,5 @@
 """File-to-file passes over an exported ONNX model: ONNX Runtime's offline optimizer, int8 quantization
-(dynamic or QDQ, onnxruntime.quantization; weight-only, NNCF) and fp16 conversion
-(onnxruntime.transformers.float16).
+(dynamic or QDQ, onnxruntime.quantization) and fp16 conversion (onnxruntime.transformers.float16).
 
 Each pass reads one model file and writes another, so models past protobuf's 2 GB limit go through them
 with their weights in one external data file beside the model. Used by ``export/onnx.py`` only.
@@ -17,7 +16,6 @@ from ..errors import ExportError
 
 PROTOBUF_LIMIT = 2**31  # bytes; a model whose weights come near it must keep them in external data
 GRAPH_MARGIN = 64 << 20  # room for the graph itself next to the weights
-WEIGHT_ONLY_OP_TYPES = ("MatMul", "Gemm", "Gather")  # what NNCF's weight compression takes (Gather: embeddings)
 
 
 def data_name(path: Path) -> str:
@@ -94,11 +92,7 @@ def quantize_int8(src: Path, dst: Path, external: bool, mode: str, op_types: tup
     26 dB. u8 x u8 has no such path; ``s8`` keeps VNNI's u8 x s8 kernels for bundles meant for such CPUs.
 
     ``const_b_only`` (the default) quantizes only matmuls by a weight; without it, attention's activation by
-    activation matmuls (QK^T and AV) are quantized too.
-
-    ``weights``-only mode (``compress_weights``) stores s8 weights whatever ``weights`` says."""
-    if mode == "weights":
-        weights, op_types = "s8", WEIGHT_ONLY_OP_TYPES
+    activation matmuls (QK^T and AV) are quantized too."""
     model = load(src)
     del model.graph.value_info[:]  # stale shapes trip the quantizer's own shape inference (stack probe)
     clean = src.with_name(src.stem + ".clean.onnx")
@@ -131,8 +125,6 @@ def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibra
         quantize_dynamic(src, dst, op_types_to_quantize=list(op_types), per_channel=True, weight_type=weight_type,
                          use_external_data_format=external, nodes_to_exclude=exclude,
                          extra_options={"MatMulConstBOnly": const_b_only})
-    elif mode == "weights":
-        compress_weights(src, dst, external, exclude)
     elif mode == "qdq":
         feeds = iter(list(calibration or []))
 
@@ -146,51 +138,6 @@ def _quantize(src: Path, dst: Path, external: bool, mode: str, op_types, calibra
                         extra_options={"MatMulConstBOnly": const_b_only})
     else:
         raise ExportError(f"unknown int8 mode {mode!r}")
-
-
-def compress_weights(src: Path, dst: Path, external: bool, exclude=()) -> None:
-    """Weight-only int8: every MatMul/Gemm weight (and embedding table) becomes s8 per output channel,
-    symmetric, behind a ``DequantizeLinear``; activations stay float. NNCF's ``compress_weights``, the tool
-    OpenVINO's own pipelines use: OpenVINO's CPU plugin reads this pattern as compressed weights and runs the
-    products in int8 with activations quantized at run time in groups (``runtimes/openvino.py``); ONNX Runtime
-    runs it as float products after dequantizing (correct, but slower than its own dynamic int8)."""
-    import nncf
-    import onnx
-
-    advanced = None
-    if external:  # a model past 2 GB cannot be one protobuf: NNCF reads its weights from the data file itself
-        from nncf.onnx.quantization.backend_parameters import BackendParameters
-        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
-
-        model = onnx.load(str(src), load_external_data=False)
-        advanced = AdvancedCompressionParameters(
-            backend_params={BackendParameters.EXTERNAL_DATA_DIR: str(src.parent.resolve())})
-    else:
-        model = load(src)
-    # convolutions stay float: NNCF compresses them too, with a [C, 1, 1] scale that OpenVINO's ONNX reader refuses
-    scope = nncf.IgnoredScope(names=list(exclude), types=["Conv", "ConvTranspose"], validate=False)
-    with _quiet_nncf():
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=scope,
-                                      advanced_parameters=advanced)
-    save(model, dst, external)
-
-
-@contextlib.contextmanager
-def _quiet_nncf():
-    """NNCF logs a bit-width table and draws a progress bar for every file: not for users (the exporter shows
-    its own progress)."""
-    import io
-
-    import nncf
-
-    nncf_logger = logging.getLogger("nncf")
-    level = nncf_logger.level
-    nncf.set_log_level(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        nncf.set_log_level(level or logging.INFO)
 
 
 @contextlib.contextmanager

@@ -305,10 +305,6 @@ def _check_program(p: dict, key: str, files: dict, owned: list[str]) -> None:
                 _artifact_path(p[name], f"{key}.{name}", owned)
             else:
                 _listed(p[name], f"{key}.{name}", files)
-    if "preferred_backend" in p:
-        from .runtimes import REGISTRY
-
-        string(p["preferred_backend"], f"{key}.preferred_backend", tuple(REGISTRY))
     if "runtime_backend" in p:
         string(p["runtime_backend"], f"{key}.runtime_backend")
     if "compute_units" in p:

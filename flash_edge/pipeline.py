@@ -60,8 +60,7 @@ class FlashPipeline:
         options = {**options, **backend_options(memory)}
         openers, chosen = {}, {}
         for name in spec.components:
-            cls_ = choose_backend(entries[name].target, (backends or {}).get(name, backend),
-                                  preferred=entries[name].options.get("preferred_backend"))
+            cls_ = choose_backend(entries[name].target, (backends or {}).get(name, backend))
             openers[name] = lambda cls_=cls_, name=name: cls_(**options).load(bundle, name)
             chosen[name] = cls_.name
         sessions = Components(openers, memory)

@@ -50,10 +50,8 @@ def parse_choice(text: str) -> dict:
     return {"backend": default, **({"backends": per} if per else {})}
 
 
-def choose_backend(target: str, requested: str = "auto", device: Device | None = None,
-                   preferred: str | None = None) -> type[Backend]:
-    """The backend class to run an artifact of ``target`` with: ``requested``, or under ``auto`` the artifact's
-    ``preferred`` backend (its manifest's ``preferred_backend``) where it is installed, else the device's best."""
+def choose_backend(target: str, requested: str = "auto", device: Device | None = None) -> type[Backend]:
+    """The backend class to run an artifact of ``target`` with: ``requested``, or the device's best."""
     if requested != "auto":
         cls = backend_class(requested)
         if target not in cls.formats:
@@ -62,10 +60,7 @@ def choose_backend(target: str, requested: str = "auto", device: Device | None =
         cls.require()
         return cls
     reasons = []
-    order = preference(device or detect())
-    if preferred in REGISTRY:  # validated with the manifest; a name this version lacks is passed over
-        order = [preferred, *(n for n in order if n != preferred)]
-    for name in order:
+    for name in preference(device or detect()):
         if name not in REGISTRY:
             continue
         cls = backend_class(name)

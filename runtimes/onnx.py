@@ -28,8 +28,7 @@ Options (``FlashPipeline.from_bundle(path, backend="onnx", **options)``):
 Other options (meant for other backends in a mixed pipeline) are ignored.
 
 A component whose int8 weights were exported signed (``--int8-weights s8``) warns (``DeviceWarning``) when it is
-opened on an x86 CPU without VNNI, where ONNX Runtime's u8 x s8 kernels saturate and the image loses 5-25 dB. One
-exported weight-only for OpenVINO (``--int8-mode weights``) warns that it runs as float products here.
+opened on an x86 CPU without VNNI, where ONNX Runtime's u8 x s8 kernels saturate and the image loses 5-25 dB.
 """
 
 from __future__ import annotations
@@ -182,18 +181,6 @@ def warn_signed_weights(component: str, entry, root=None) -> None:
                       stacklevel=3)
 
 
-def warn_weight_only(component: str, entry, root=None) -> None:
-    """``DeviceWarning`` for a component exported for OpenVINO (``--int8-mode weights``): ONNX Runtime runs its
-    dequantized weights as float products, about 3x slower than its own dynamic int8. Once per bundle and
-    component in a process."""
-    key = ("weights", str(root), component)
-    if entry.options.get("preferred_backend") == "openvino" and key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(f"{component}: this bundle's int8 is weight-only, exported for OpenVINO (--int8-mode weights); "
-                      "ONNX Runtime runs it as float products, about 3x slower than --int8-mode dynamic: "
-                      "pip install openvino and use --backend auto or openvino", DeviceWarning, stacklevel=3)
-
-
 class OnnxBackend(Backend):
     name = "onnx"
     formats = ("onnx",)
@@ -212,7 +199,6 @@ class OnnxBackend(Backend):
         providers = self.providers()
         if providers[0] == "CPUExecutionProvider":
             warn_signed_weights(component, entry, root)
-        warn_weight_only(component, entry, root)
         low_memory = bool(self.options.get("low_memory"))
         io_binding = self.options.get("io_binding")
         if io_binding is None:

@@ -8,21 +8,15 @@ AVX-512 BF16 (no AMX) the SD3.5 VAE decoder took 6.5 s against PyTorch fp32's 16
 (``benchmarks/results/sd35m-vae-openvino.md``; the transformer runs 28% faster in int8 there); on a 2-core Xeon with
 AMX the decoder took 1.8 s against ONNX Runtime's 8.5 s on the same fp32 file, the SD3.5-Medium step 2.2-2.3 s
 against ONNX Runtime s8 int8's 3.6 s, and the whole 4-step 512^2 image 4.72-4.79x PyTorch fp32
-(``benchmarks/results/sd35m-full-openvino*``). Give it an fp32 bundle (or an fp32 component of a mixed one), or an
-int8 one exported with ``--int8-mode weights``: OpenVINO reads those s8 ``DequantizeLinear`` weights as compressed
-weights, multiplies them in int8 with activations quantized at run time, and runs attention in bf16 (one folded
-SD3.5-Medium block: 0.165-0.170 s, against ExecuTorch int8's 0.205 s). The default int8 bundles hold ONNX
-Runtime's dynamic-quantization graph, which OpenVINO runs as plain ops (slower than ONNX Runtime), and the fp16
-bundle was slower (13.2 s against 11.2 s per image) at the same peak.
+(``benchmarks/results/sd35m-full-openvino*``). Give it an fp32 bundle (or an fp32 component of a mixed one): int8
+bundles hold ONNX Runtime's dynamic-quantization graph, which OpenVINO runs as plain ops (slower than ONNX Runtime),
+and the fp16 bundle was slower (13.2 s against 11.2 s per image) at the same peak.
 
 Options:
 
 - ``inference_precision``: ``bf16`` | ``f16`` | ``f32``; default OpenVINO's own choice for the CPU (bf16 where
   it has AMX or AVX-512 BF16, f32 elsewhere), recorded in each session's ``inference_precision``.
 - ``threads``: inference threads (default: OpenVINO's, one per physical core).
-- ``dynamic_quantization_group_size``: for int8 weights (``--int8-mode weights`` bundles), the number of input
-  channels that share one run-time activation scale (default 256, measured below ``GROUP_SIZE``; 0 turns run-time
-  quantization off and the products run in the inference precision).
 - ``cache_dir``: a folder for OpenVINO's compiled-model cache (``CACHE_DIR``), one subfolder per model file
   state (path, size, modification time), OpenVINO version and options: a later open reads the compiled model
   back instead of parsing and transforming the ONNX graph. On the CPU the cache keeps the file's fp32 weights
@@ -45,19 +39,11 @@ from ..errors import BundleError, InvalidInput
 from .base import Backend, Session, thread_count
 
 PRECISIONS = ("bf16", "f16", "f32")
-# Activations of int8-weight products are quantized at run time in groups of this many input channels. One
-# folded SD3.5-Medium block on the AVX-512 EPYC (benchmarks/results/onnx-block.md): 256 took 0.165-0.170 s at
-# 75.9 dB; OpenVINO's default, 32, took 0.215-0.222 s at 77.8 dB; a whole row (1536) 0.161 s at 74.4 dB.
-GROUP_SIZE = 256
 
 
-def compile_options(inference_precision=None, threads=None, group_size=None) -> dict:
+def compile_options(inference_precision=None, threads=None) -> dict:
     """OpenVINO ``compile_model`` properties for these options; a bad value is a one-line ``InvalidInput``."""
-    if group_size is None:
-        group_size = GROUP_SIZE
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or not 0 <= group_size <= 1 << 20:
-        raise InvalidInput(f"dynamic_quantization_group_size must be an integer from 0 (off) up, got {group_size!r}")
-    config = {"PERFORMANCE_HINT": "LATENCY", "DYNAMIC_QUANTIZATION_GROUP_SIZE": group_size}
+    config = {"PERFORMANCE_HINT": "LATENCY"}
     if inference_precision is not None:
         if inference_precision not in PRECISIONS:
             raise InvalidInput(f"inference_precision must be one of {', '.join(PRECISIONS)}, "
@@ -131,8 +117,7 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         root = Path(root)
-        config = compile_options(self.options.get("inference_precision"), self.options.get("threads"),
-                                 self.options.get("dynamic_quantization_group_size"))
+        config = compile_options(self.options.get("inference_precision"), self.options.get("threads"))
         core = ov.Core()
 
         def one(spec, program: dict) -> OpenVinoSession:

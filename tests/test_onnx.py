@@ -364,27 +364,11 @@ def test_cli_option_errors(tmp_path, capsys):
     assert "--quantize-vae applies to --precision int8" in capsys.readouterr().err
     assert _cli_export("--target", "torch", "--int8-mode", "qdq", "--out", tmp_path / "y") == 2
     assert "--int8-mode applies to --target onnx" in capsys.readouterr().err
-    assert _cli_export("--target", "onnx", "--int8-mode", "weights", "--quantize-vae", "--out", tmp_path / "z") == 2
-    assert "--quantize-vae applies to --int8-mode dynamic or qdq" in capsys.readouterr().err
-    assert not (tmp_path / "z").exists()
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     with pytest.raises(InvalidInput, match="unknown onnx option"):
         from flash_edge.export import get_exporter
 
         get_exporter("onnx", "int8", quantise_vae=True)
-
-
-def test_weight_only_mode_names_what_it_needs(monkeypatch):
-    """Without NNCF (or OpenVINO, which gates it) the exporter says what to install, before any work."""
-    import importlib.util
-
-    from flash_edge.export import get_exporter
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
-    message = r"--int8-mode weights needs nncf: pip install 'flash-edge\[openvino-export\]'"
-    with pytest.raises(InvalidInput, match=message):
-        get_exporter("onnx", "int8", int8_mode="weights")
 
 
 def test_failing_gate_writes_nothing_and_reports_numbers(tiny_dir, tmp_path, monkeypatch):

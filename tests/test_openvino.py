@@ -61,17 +61,14 @@ def test_one_component_on_openvino_the_rest_on_onnx_runtime(onnx_fp32_bundle, on
 @pytest.mark.parametrize("options, message", [
     ({"inference_precision": "int4"}, "inference_precision must be one of bf16, f16, f32, got 'int4'"),
     ({"threads": 0}, "threads must be a positive integer, got 0"),
-    ({"threads": "many"}, "threads must be a positive integer, got 'many'"),
-    ({"dynamic_quantization_group_size": -1}, "dynamic_quantization_group_size must be an integer from 0"),
-    ({"dynamic_quantization_group_size": "256"}, "dynamic_quantization_group_size must be an integer from 0")])
+    ({"threads": "many"}, "threads must be a positive integer, got 'many'")])
 def test_bad_options_are_one_line_errors(onnx_fp32_bundle, options, message):
     with pytest.raises(InvalidInput, match=message):
         FlashPipeline.from_bundle(onnx_fp32_bundle, backend="openvino", **options).generate(PROMPT, seed=SEED)
 
 
 def test_auto_never_picks_openvino(onnx_fp32_bundle):
-    """``auto`` keeps ONNX Runtime for ONNX artifacts (OpenVINO's default precision differs), unless the manifest
-    says a component prefers OpenVINO (weight-only int8, below)."""
+    """By name only: ``auto`` keeps ONNX Runtime for ONNX artifacts (OpenVINO's default precision differs)."""
     assert "openvino" not in FlashPipeline.from_bundle(onnx_fp32_bundle).info["backends"].values()
 
 
@@ -146,99 +143,3 @@ def test_an_fp16_bundle_whose_outputs_carry_two_names_runs(tmp_path_factory, onn
     bundle = export_bundle("tiny", "onnx", tmp_path_factory.mktemp("ov") / "fp16", "fp16")
     image = FlashPipeline.from_bundle(bundle, backend="openvino", inference_precision="f32").generate(PROMPT, seed=SEED)
     assert psnr(onnx_image, image, data_range=1.0) >= 45.0
-
-
-# ------------------------------------------------------------------------ weight-only int8 (--int8-mode weights)
-@pytest.fixture(scope="module")
-def weights_bundle(tmp_path_factory):
-    pytest.importorskip("nncf", reason="--int8-mode weights needs nncf (pip install 'flash-edge[openvino-export]')")
-    from flash_edge.export import export_bundle
-
-    return export_bundle("tiny", "onnx", tmp_path_factory.mktemp("ov") / "int8w", "int8", int8_mode="weights")
-
-
-def _initializer_types(path) -> dict[str, int]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {t.name: t.data_type for t in model.graph.initializer}
-    return {n.input[0]: inits.get(n.input[0]) for n in model.graph.node if n.op_type == "DequantizeLinear"}
-
-
-@pytest.mark.slow
-def test_weight_only_bundle_holds_s8_weights_and_says_who_runs_it(weights_bundle):
-    """Every matmul weight of the transformer is an s8 initializer behind a DequantizeLinear; the patch
-    embedding's convolution stays float (OpenVINO's ONNX reader refuses NNCF's [C, 1, 1] conv scales); the
-    manifest says OpenVINO runs the quantized components and the gate ran there."""
-    import onnx
-
-    from flash_edge.bundle import Bundle
-
-    bundle = Bundle.open(weights_bundle)
-    m = bundle.manifest
-    assert m["onnx"]["quantization"]["mode"] == "weights"
-    assert m["onnx"]["quantization"]["weights"] == "s8 per-channel (symmetric)"
-    assert "OpenVINO" in m["onnx"]["runtime"] and "execution_providers" not in m["onnx"]
-    assert set(m["parity"]["backend"].values()) == {"openvino"} and m["parity"]["status"] == "passed"
-    for name in ("text_encoder", "text_encoder_2", "transformer"):
-        assert bundle.components[name].options["preferred_backend"] == "openvino"
-    assert "preferred_backend" not in bundle.components["vae_decoder"].options  # fp32: ONNX Runtime under auto
-    path = weights_bundle / bundle.components["transformer"].path
-    dq = _initializer_types(path)
-    assert len(dq) >= 30 and set(dq.values()) == {onnx.TensorProto.INT8}, dq
-    graph = onnx.load(str(path), load_external_data=False).graph
-    ops = {n.op_type for n in graph.node}
-    assert not ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear"}
-    conv = [n for n in graph.node if n.op_type == "Conv"]
-    assert conv and all(n.input[1] not in dq and not n.input[1].endswith("_dequantized") for n in conv)
-
-
-@pytest.mark.slow
-def test_auto_runs_weight_only_components_on_openvino_as_compressed_int8(weights_bundle):
-    """``auto`` follows ``preferred_backend``; OpenVINO compiles each DequantizeLinear weight into a
-    FullyConnected that keeps the int8 weight (its runtime model says so), and the image holds the gate's floor
-    against the fp32 PyTorch reference (the gate measured 44.1 dB here)."""
-    from flash_edge.export.onnx import FLOORS
-
-    pipe = FlashPipeline.from_bundle(weights_bundle)
-    assert pipe.info["backends"] == {"text_encoder": "openvino", "text_encoder_2": "openvino",
-                                     "transformer": "openvino", "vae_decoder": "onnx"}
-    compiled = pipe.sessions["transformer"].compiled
-    layers = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
-    fc = [i["runtimePrecision"].astype(str) for i in layers if i["layerType"].astype(str) == "FullyConnected"]
-    assert len(fc) >= 30 and set(fc) <= {"i8", "u8"}, fc
-    reference = FlashPipeline.from_model("tiny").generate(PROMPT, seed=SEED)
-    assert psnr(reference, pipe.generate(PROMPT, seed=SEED), data_range=1.0) >= FLOORS[("int8", "weights")]["image"]
-
-
-@pytest.mark.slow
-def test_group_size_zero_turns_run_time_quantization_off(weights_bundle):
-    """Group 0: the products run in the inference precision on dequantized weights, so the image moves closer
-    to the reference than with int8 activations (measured on one SD3.5 block: 81.9 against 75.9 dB); both are
-    one image of the same bundle, not a second model."""
-    from flash_edge import cpu
-
-    if cpu.x86_without_vnni():
-        pytest.skip("OpenVINO quantizes activations at run time only on CPUs with int8 dot products (VNNI, AMX)")
-    reference = FlashPipeline.from_model("tiny").generate(PROMPT, seed=SEED)
-    q = FlashPipeline.from_bundle(weights_bundle, backend="openvino", inference_precision="f32")
-    f = FlashPipeline.from_bundle(weights_bundle, backend="openvino", inference_precision="f32",
-                                  dynamic_quantization_group_size=0)
-    quantized, plain = q.generate(PROMPT, seed=SEED), f.generate(PROMPT, seed=SEED)
-    assert not np.array_equal(quantized, plain)
-    assert psnr(reference, plain, data_range=1.0) > psnr(reference, quantized, data_range=1.0)
-
-
-@pytest.mark.slow
-def test_onnx_runtime_runs_a_weight_only_bundle_and_warns(weights_bundle):
-    """Without OpenVINO the files still run (ONNX Runtime dequantizes and multiplies in float), with one
-    ``DeviceWarning`` per component saying why it is slow; the image holds the same floor."""
-    from flash_edge.errors import DeviceWarning
-    from flash_edge.export.onnx import FLOORS
-
-    with pytest.warns(DeviceWarning, match="weight-only, exported for OpenVINO") as caught:
-        image = FlashPipeline.from_bundle(weights_bundle, backend="onnx").generate(PROMPT, seed=SEED)
-    assert sorted(str(w.message).split(":")[0] for w in caught if w.category is DeviceWarning) == [
-        "text_encoder", "text_encoder_2", "transformer"]
-    reference = FlashPipeline.from_model("tiny").generate(PROMPT, seed=SEED)
-    assert psnr(reference, image, data_range=1.0) >= FLOORS[("int8", "weights")]["image"]

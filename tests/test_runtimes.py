@@ -33,20 +33,6 @@ def test_explicit_backend_must_read_the_target():
         choose_backend("torch", "tpu")
 
 
-def test_auto_takes_the_preferred_backend_where_it_is_installed(monkeypatch):
-    """A component's manifest may prefer a backend (weight-only int8 ONNX: OpenVINO); ``auto`` takes it where it
-    is installed and falls back to the device's order where not; an explicit choice always wins."""
-    from flash_edge.runtimes.openvino import OpenVinoBackend
-
-    monkeypatch.setattr(OpenVinoBackend, "unavailable_reason", classmethod(lambda cls: None))
-    assert choose_backend("onnx", "auto", LINUX, preferred="openvino").name == "openvino"
-    assert choose_backend("onnx", "auto", LINUX).name == "onnx"
-    assert choose_backend("onnx", "onnx", LINUX, preferred="openvino").name == "onnx"
-    assert choose_backend("torch", "auto", LINUX, preferred="openvino").name == "torch"  # cannot read torch files
-    monkeypatch.setattr(OpenVinoBackend, "unavailable_reason", classmethod(lambda cls: "needs openvino"))
-    assert choose_backend("onnx", "auto", LINUX, preferred="openvino").name == "onnx"
-
-
 def test_no_backend_for_an_unknown_artifact_format():
     with pytest.raises(BackendUnavailable, match="no backend here can run tflite artifacts"):
         choose_backend("tflite", "auto", LINUX)

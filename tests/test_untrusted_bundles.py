@@ -78,14 +78,6 @@ def test_torch_classes_come_from_an_allowlist(bundle, cls):
     refused(bundle, r"components\.text_encoder\.options\.class must be transformers\.CLIPTextModelWithProjection")
 
 
-@pytest.mark.parametrize("name", ["flash_edge.runtimes.torch:TorchBackend", "os", "", 7])
-def test_a_preferred_backend_is_a_registered_name(bundle, name):
-    """``preferred_backend`` only reorders ``auto``'s choice among registered backends; anything else (a module
-    path, a non-string) is refused before a backend is looked up."""
-    edit(bundle, lambda m: m["components"]["transformer"]["options"].update({"preferred_backend": name}))
-    refused(bundle, r"components\.transformer\.options\.preferred_backend must be ")
-
-
 def test_remote_code_in_a_component_config_is_refused(bundle, tmp_path):
     canary = tmp_path / "ran"
     cfg = bundle / "text_encoder" / "config.json"
