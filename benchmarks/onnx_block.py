@@ -18,9 +18,9 @@ Variants (each an ONNX file exported by the same ``OnnxExporter`` that writes bu
   int8-attn     int8 s8 dynamic with attention's activation matmuls (QK^T, AV) quantized too
   qdq           static QDQ int8, s8 weights, calibrated on 8 seeded feeds, on ONNX Runtime and on OpenVINO
                 (onnxruntime's QDQ quantizer takes attention's matmuls too, whatever MatMulConstBOnly says)
-  weights       weight-only int8 (--int8-mode weights: NNCF, s8 DequantizeLinear weights) on OpenVINO, with its
-                activations quantized at run time in groups of 32 (OpenVINO's default) and 256 (runtimes/openvino.py's),
-                and on ONNX Runtime
+  weights       weight-only int8 (NNCF's compress_weights, INT8_SYM: s8 DequantizeLinear weights; pip install
+                nncf) on OpenVINO, which multiplies them in int8 with activations quantized at run time in groups
+                (32: OpenVINO's default; 256), in bf16 and in f32; and on ONNX Runtime
 """
 
 from __future__ import annotations
@@ -107,6 +107,18 @@ def quantize(src: Path, dst: Path, exclude_attention: bool = False) -> int:
     return len(names)
 
 
+def compress_weights(src: Path, dst: Path) -> Path:
+    """Weight-only int8, as OpenVINO's own pipelines make it: NNCF's ``compress_weights`` (INT8_SYM, per output
+    channel) turns every matmul weight into s8 behind a DequantizeLinear, which OpenVINO's CPU plugin reads as
+    compressed weights."""
+    import nncf
+    import onnx
+
+    model = nncf.compress_weights(onnx.load(str(src)), mode=nncf.CompressWeightsMode.INT8_SYM)
+    onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    return dst
+
+
 def psnr(ref, out) -> float:
     from flash_edge.metrics import psnr as _psnr
 
@@ -150,17 +162,19 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
 
     openvino_runs = []  # measured after every ONNX Runtime case: OpenVINO's threads slowed ORT runs after them
 
-    def openvino(label, path, note, group_size=None):
+    def openvino(label, path, note, **hints):
         """Queue ``path`` on OpenVINO in its default precision (bf16 on AVX-512 BF16 and AMX), as
-        ``runtimes/openvino.py`` opens it (``group_size``: run-time activation groups of int8 weights)."""
-        openvino_runs.append((label, path, note, group_size))
+        ``runtimes/openvino.py`` opens it, plus ``hints`` (compile properties: int8 weights' activation groups,
+        a precision)."""
+        openvino_runs.append((label, path, note, hints))
 
-    def run_openvino(label, path, note, group_size=None):
+    def run_openvino(label, path, note, hints):
         import openvino as ov
 
         from flash_edge.runtimes.openvino import compile_options, describe
 
-        compiled = ov.Core().compile_model(str(path), "CPU", compile_options(threads=threads, group_size=group_size))
+        config = {**compile_options(threads=threads), **hints}
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
         request = compiled.create_infer_request()
         ports = [compiled.output(n) for n in spec.output_names]
 
@@ -168,7 +182,8 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
             result = request.infer(feeds)
             return [result[q].copy() for q in ports]
 
-        measure(f"{label} ({describe()['inference_precision']})", path, note=note, run=infer)
+        precision = hints.get("INFERENCE_PRECISION_HINT") or describe()["inference_precision"]
+        measure(f"{label} ({precision})", path, note=note, run=infer)
 
     from flash_edge.export.onnx_passes import quantize_int8
 
@@ -258,17 +273,17 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
             attempt("qdq", qdq)
         if "weights" in variants:
             def weight_only():
-                path = tmp / "w8.onnx"
-                quantize_int8(f32, path, False, "weights", ("MatMul", "Gemm"))
+                path = compress_weights(f32, tmp / "w8.onnx")
                 attempt("ort weight-only int8", lambda: measure("ort weight-only int8", path,
                                                                 note="float products on dequantized weights"))
-                for group in (32, 256):
+                for precision, group in (("bf16", 32), ("bf16", 256), ("f32", 256)):
                     openvino(f"openvino weight-only int8, groups of {group}", path,
-                             f"--int8-mode weights; activations int8 in groups of {group}", group)
+                             f"NNCF INT8_SYM; activations int8 in groups of {group}",
+                             DYNAMIC_QUANTIZATION_GROUP_SIZE=group, INFERENCE_PRECISION_HINT=precision)
 
             attempt("weights", weight_only)
-        for label, path, note, group_size in openvino_runs:
-            attempt(label, lambda: run_openvino(label, path, note, group_size))
+        for label, path, note, hints in openvino_runs:
+            attempt(label, lambda: run_openvino(label, path, note, hints))
     return {"image_tokens": tokens, "text_tokens": text_tokens, "threads": threads, "repeats": repeats,
             "gflop": flops(tokens, text_tokens) / 1e9, "rows": rows}
 
