@@ -113,8 +113,17 @@ def compress_weights(src: Path, dst: Path) -> Path:
     compressed weights."""
     import nncf
     import onnx
+    from nncf.onnx.quantization.backend_parameters import BackendParameters
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
 
-    model = nncf.compress_weights(onnx.load(str(src)), mode=nncf.CompressWeightsMode.INT8_SYM)
+    # weights left in their data file (a model past 2 GB cannot be one protobuf): NNCF reads them from there
+    model = onnx.load(str(src), load_external_data=False)
+    advanced = AdvancedCompressionParameters(backend_params={BackendParameters.EXTERNAL_DATA_DIR:
+                                                             str(src.parent.resolve())})
+    # convolutions stay float: NNCF compresses them with a [C, 1, 1] scale that OpenVINO's ONNX reader refuses
+    scope = nncf.IgnoredScope(types=["Conv", "ConvTranspose"], validate=False)
+    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=scope,
+                                  advanced_parameters=advanced)
     onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
     return dst
 
