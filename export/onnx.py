@@ -230,7 +230,7 @@ class OnnxExporter(Exporter):
     def _export_fp32(self, name, module, spec, path: Path):
         import onnx
         import torch
-        from onnx.external_data_helper import uses_external_data
+        from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
 
         feeds = spec.dummy_inputs(seed=0)
         args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
@@ -250,9 +250,13 @@ class OnnxExporter(Exporter):
         program.save(str(path), external_data=external)
         del program
         model = onnx.load(str(path), load_external_data=False)  # the graph; external weights stay on disk
-        # torch.onnx moves the weights out by itself when its own count passes 2 GB: SD3.5-Medium's first fp32
-        # chunk (5 chunks at 512^2) came out with a data file beside it though ours stayed under the margin
-        external = any(uses_external_data(t) for t in model.graph.initializer)
+        moved = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
+        if moved and not external:
+            # torch.onnx writes a data file by itself past its own 1.5 GB (SD3.5-Medium's first fp32 chunk at
+            # 512^2); under the 2 GB limit the passes below take one self-contained file, so the weights go back in
+            load_external_data_for_model(model, str(path.parent))
+            for location in moved:
+                (path.parent / location).unlink()
         for node in model.graph.node:  # the exporter's per-node stack traces and module paths: ~40% of a file
             del node.metadata_props[:]
             node.doc_string = ""
