@@ -198,7 +198,6 @@ def run(tokens: int, repeats: int, threads: int, variants: tuple[str, ...], text
 
     def quantized(name, mode, const_b_only):
         """``f32`` quantized with s8 weights as the exporter's pass does it, ``mode`` dynamic or qdq."""
-
         calibration = [spec.dummy_inputs(seed=s) for s in CALIBRATION_SEEDS] if mode == "qdq" else None
         out = tmp / f"{name}.onnx"
         quantize_int8(f32, out, False, mode, ("MatMul", "Gemm"), calibration=calibration, weights="s8",

@@ -6,10 +6,11 @@ The transformer of a diffusers folder at 512^2, T5 slots folded as bundles fold 
 int8 ONNX bundle has (``export/chunks.py``). Each chunk's inputs are what the chunks before it compute in
 PyTorch fp32 from the gate's seeded dummy inputs, at the 4-step sampler's second timestep (857.7); its PyTorch
 outputs are the reference. The chunk is exported as the ONNX target writes an fp32 chunk, and a weight-only int8
-copy is made with NNCF (``compress_weights``, INT8_SYM: s8 ``DequantizeLinear`` weights, which OpenVINO's CPU plugin
-multiplies in int8 with activations quantized at run time in groups). Both files then run on OpenVINO in f32 and
-in bf16, and the fp32 file on ONNX Runtime as the anchor. Median of ``--repeats`` after one warm-up, 2 threads. Needs ``pip install nncf`` (not a dependency of
-flash-edge). Writes benchmarks/results/openvino-chunk.json and .md.
+copy is made with NNCF (``compress_weights``, INT8_SYM: s8 ``DequantizeLinear`` weights, which OpenVINO's CPU
+plugin multiplies in int8 with activations quantized at run time in groups). Both files then run on OpenVINO in
+f32 and in bf16, and the fp32 file on ONNX Runtime as the anchor. Median of ``--repeats`` after one warm-up,
+2 threads. Needs ``pip install nncf`` (not a dependency of flash-edge). Writes
+benchmarks/results/openvino-chunk.json and .md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from benchmarks.sd35m_block import RESULTS, kept_findings, write_results
 TIMESTEP = 857.7  # sigma 0.8577 x 1000: the 4-step sampler's second step
 CHUNKS = 5  # what --precision int8 cuts SD3.5-Medium's transformer into at 512^2
 CASES = (  # (file, inference precision, activation group size of int8 weights; 0 = no run-time quantization)
-    ("fp32", "onnxruntime", 0), ("fp32", "f32", 0), ("fp32", "bf16", 0), ("int8 weights", "f32", 256), ("int8 weights", "bf16", 256))
+    ("fp32", "onnxruntime", 0), ("fp32", "f32", 0), ("fp32", "bf16", 0),
+    ("int8 weights", "f32", 256), ("int8 weights", "bf16", 256))
 
 
 def load(model_dir: str):
@@ -125,11 +127,12 @@ def markdown(results: dict) -> str:
              "Chunk i of the 5 an int8 bundle has (512², T5 slots folded), fed what the chunks before it compute in "
              f"PyTorch fp32 at timestep {TIMESTEP}; PSNR of each output against PyTorch fp32; median of "
              f"{results['repeats']} after one warm-up, 2 threads.", "",
-             "| chunk | file | precision | int8 activation groups | median s | PSNR per output (dB) |",
+             "| chunk | file | run on | int8 activation groups | median s | PSNR per output (dB) |",
              "|---|---|---|---|---|---|"]
     for r in results["rows"]:
         psnrs = ", ".join(f"{k} {v:.1f}" for k, v in r["psnr_db"].items())
-        lines.append(f"| {r['chunk']} | {r['file']} | {r['precision']} | {r['group'] or '-'} | "
+        runtime = "ONNX Runtime" if r["precision"] == "onnxruntime" else f"OpenVINO {r['precision']}"
+        lines.append(f"| {r['chunk']} | {r['file']} | {runtime} | {r['group'] or '-'} | "
                      f"{r['median_s']:.3f} | {psnrs} |")
     return "\n".join(lines) + "\n\n" + results["findings"]
 
