@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.onnx_block import compress_weights
+from benchmarks.onnx_block import compress_weights, ort_session
 from benchmarks.sd35m_block import RESULTS, kept_findings, write_results
 
 TIMESTEP = 857.7  # sigma 0.8577 x 1000: the 4-step sampler's second step
 CHUNKS = 5  # what --precision int8 cuts SD3.5-Medium's transformer into at 512^2
+THREADS = 2
 CASES = (  # (file, inference precision, activation group size of int8 weights; 0 = no run-time quantization)
     ("fp32", "onnxruntime", 0), ("fp32", "f32", 0), ("fp32", "bf16", 0),
     ("int8 weights", "f32", 256), ("int8 weights", "bf16", 256))
@@ -75,6 +76,7 @@ def run(model_dir: str, chunks: list[int], repeats: int) -> list[dict]:
     from flash_edge.bench.measure import time_runs
     from flash_edge.export import get_exporter
     from flash_edge.metrics import psnr
+    from flash_edge.runtimes.openvino import compile_options
 
     rows = []
     wrapper, component, fold = load(model_dir)
@@ -87,19 +89,13 @@ def run(model_dir: str, chunks: list[int], repeats: int) -> list[dict]:
             files["int8 weights"] = compress_weights(files["fp32"], files["fp32"].with_name("w8.onnx"))
             for name, precision, group in CASES:
                 if precision == "onnxruntime":  # the anchor: the same file on ONNX Runtime's CPU provider
-                    import onnxruntime as ort
-
-                    options = ort.SessionOptions()
-                    options.intra_op_num_threads = 2
-                    request = compiled = ort.InferenceSession(str(files[name]), options,
-                                                              providers=["CPUExecutionProvider"])
+                    request = compiled = ort_session(files[name], THREADS)
 
                     def infer():
                         return request.run(spec.output_names, feeds)
                 else:
                     compiled = ov.Core().compile_model(str(files[name]), "CPU", {
-                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2,
-                        "INFERENCE_PRECISION_HINT": precision, "DYNAMIC_QUANTIZATION_GROUP_SIZE": group})
+                        **compile_options(precision, THREADS), "DYNAMIC_QUANTIZATION_GROUP_SIZE": group})
                     request = compiled.create_infer_request()
                     ports = [compiled.output(n) for n in spec.output_names]
 
@@ -107,8 +103,8 @@ def run(model_dir: str, chunks: list[int], repeats: int) -> list[dict]:
                         result = request.infer(feeds)
                         return [result[p].copy() for p in ports]
 
-                got = infer()
-                timing = time_runs(infer, repeats)
+                got = infer()  # also the warm-up
+                timing = time_runs(infer, repeats, warmup=0)
                 row = {"chunk": i, "file": name, "precision": precision, "group": group,
                        "median_s": timing["median"], "times_s": timing["raw"],
                        "psnr_db": {n: psnr(r, g) for n, r, g in zip(spec.output_names, ref, got)}}
@@ -126,7 +122,7 @@ def markdown(results: dict) -> str:
              f"Load average at the start: {results['load_average_start']}", "",
              "Chunk i of the 5 an int8 bundle has (512², T5 slots folded), fed what the chunks before it compute in "
              f"PyTorch fp32 at timestep {TIMESTEP}; PSNR of each output against PyTorch fp32; median of "
-             f"{results['repeats']} after one warm-up, 2 threads.", "",
+             f"{results['repeats']} after one warm-up, {THREADS} threads.", "",
              "| chunk | file | run on | int8 activation groups | median s | PSNR per output (dB) |",
              "|---|---|---|---|---|---|"]
     for r in results["rows"]:

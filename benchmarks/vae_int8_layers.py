@@ -37,6 +37,7 @@ def run(size: int, repeats: int, threads: int) -> dict:
     from flash_edge.export import get_exporter
     from flash_edge.export.onnx_passes import quantize_int8
     from flash_edge.metrics import psnr
+    from flash_edge.runtimes.openvino import compile_options
 
     from .sd35m_vae import vae_module, vae_spec
 
@@ -48,8 +49,7 @@ def run(size: int, repeats: int, threads: int) -> dict:
     core = ov.Core()
 
     def measure(path: Path) -> dict:
-        compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                         "INFERENCE_NUM_THREADS": threads})
+        compiled = core.compile_model(str(path), "CPU", compile_options(threads=threads))
         request, port = compiled.create_infer_request(), compiled.output(0)
         image = request.infer(feeds)[port].copy()  # also the warm-up
         timed = time_runs(lambda: request.infer(feeds), repeats, warmup=0)
